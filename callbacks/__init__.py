@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from callbacks.fam import FAMCallback
+
+__all__ = ["FAMCallback"]

@@ -1,0 +1,263 @@
+"""FAM callback: heatmap grids and localisation / faithfulness metrics in TensorBoard.
+
+During validation (and test) it explains every decision the model made in the
+step, from the feature maps and references the step already computed
+(:class:`fam_lightning.protocol.ExplanationInputs`), so maps cost no second
+backbone pass. Metrics use correctly classified samples only, as in the paper;
+Average Drop / Increase in Confidence need one extra forward pass of the masked
+correct images. At the end of every ``every_n_epochs``-th validation a fixed set
+of probe images is explained and logged as one grid under the same tag, so
+TensorBoard's step slider shows the maps evolving.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
+from torch import Tensor, nn
+from torchvision.utils import make_grid
+
+from fam_lightning.explainers import EXPLAINERS, Explainer
+from fam_lightning.metrics import AverageDrop, EnergyPointingGame, IncreaseInConfidence, LocalizationIoU
+from fam_lightning.protocol import ExplanationInputs, check_similarity_model
+from fam_lightning.similarity import mean_similarity
+from fam_lightning.visualize import IMAGENET_MEAN, IMAGENET_STD, add_border, denormalize, draw_boxes, overlay
+
+METRIC_NAMES = ("energy_pointing_game", "iou", "average_drop", "increase_in_confidence")
+
+
+class FAMCallback(L.Callback):
+    """Explain validation/test decisions with FAM; log maps and metrics.
+
+    Args:
+        explainer: name of the explainer (``fam_lightning.explainers.EXPLAINERS``).
+        every_n_epochs: log the probe grid every n validation epochs (the last
+            epoch is always logged).
+        num_probe_images: probe decisions shown in the grid (fixed across epochs).
+        metrics: compute energy pointing game and IoU (needs boxes in the batch).
+        faithfulness: compute Average Drop and Increase in Confidence (one extra
+            forward pass of the masked correct images per batch).
+        max_metric_batches: compute metrics on at most this many batches per
+            epoch (None: all), to bound the cost on large validation sets.
+        iou_threshold: binarisation threshold of the localisation IoU.
+        overlay_alpha: heatmap opacity in the grid.
+    """
+
+    def __init__(
+        self,
+        explainer: str = "fam",
+        every_n_epochs: int = 1,
+        num_probe_images: int = 10,
+        metrics: bool = True,
+        faithfulness: bool = True,
+        max_metric_batches: int | None = None,
+        iou_threshold: float = 0.2,
+        overlay_alpha: float = 0.5,
+    ) -> None:
+        if explainer not in EXPLAINERS:
+            raise ValueError(f"unknown explainer {explainer!r}; available: {', '.join(sorted(EXPLAINERS))}")
+        if every_n_epochs < 1 or num_probe_images < 1:
+            raise ValueError(
+                f"every_n_epochs and num_probe_images must be >= 1, got {every_n_epochs}, {num_probe_images}"
+            )
+        self.explainer_name = explainer
+        self.every_n_epochs = every_n_epochs
+        self.num_probe_images = num_probe_images
+        self.compute_localization = metrics
+        self.compute_faithfulness = faithfulness
+        self.max_metric_batches = max_metric_batches
+        self.overlay_alpha = overlay_alpha
+        self.metrics = nn.ModuleDict(
+            {
+                "energy_pointing_game": EnergyPointingGame(),
+                "iou": LocalizationIoU(threshold=iou_threshold),
+                "average_drop": AverageDrop(),
+                "increase_in_confidence": IncreaseInConfidence(),
+            }
+        )
+        self._probe_batch: Any = None
+        self._explainer: Explainer | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_similarity_model(pl_module)
+        if not hasattr(pl_module, "explanation_inputs"):
+            raise TypeError(
+                f"{type(pl_module).__name__} has no explanation_inputs(batch); FAMCallback needs it "
+                "(fam_lightning.protocol.ExplainsDecisions)"
+            )
+        self._explainer = EXPLAINERS[self.explainer_name](pl_module)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset(pl_module)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset(pl_module)
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._update(pl_module, outputs, batch_idx)
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        self._update(pl_module, outputs, batch_idx)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._log_metrics(pl_module, "val")
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if epoch % self.every_n_epochs == 0 or last:
+            self._log_probe_grid(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_metrics(pl_module, "test")
+        self._log_probe_grid(trainer, pl_module, "test")
+
+    # -- metrics ------------------------------------------------------------------------
+    def _reset(self, pl_module: L.LightningModule) -> None:
+        self.metrics.to(pl_module.device)
+        for metric in self.metrics.values():
+            metric.reset()
+
+    def explain(self, inputs: ExplanationInputs) -> Tensor:
+        """(B, H, W) maps for the decisions in ``inputs``."""
+        assert self._explainer is not None, "FAMCallback.setup has not run"
+        return self._explainer.from_feature_maps(
+            inputs.feature_maps, inputs.references, inputs.reference_weights, size=tuple(inputs.images.shape[-2:])
+        )
+
+    def _update(self, pl_module: L.LightningModule, outputs: Any, batch_idx: int) -> None:
+        if self.max_metric_batches is not None and batch_idx >= self.max_metric_batches:
+            return
+        if not (self.compute_localization or self.compute_faithfulness):
+            return
+        inputs = outputs.get("explain") if isinstance(outputs, dict) else None
+        if not isinstance(inputs, ExplanationInputs):
+            raise TypeError(
+                f"{type(pl_module).__name__}'s eval step must return {{'explain': ExplanationInputs}} "
+                f"for FAMCallback, got {type(outputs).__name__}"
+            )
+        # The paper evaluates correct decisions only: one index sync per batch.
+        keep = inputs.correct.nonzero().squeeze(1)
+        if keep.numel() == 0:
+            return
+        inputs = _select(inputs, keep)
+        maps = self.explain(inputs)
+        if self.compute_localization and inputs.boxes is not None:
+            self.metrics["energy_pointing_game"].update(maps, inputs.boxes)
+            self.metrics["iou"].update(maps, inputs.boxes)
+        if self.compute_faithfulness:
+            y, o = self.faithfulness_scores(pl_module, inputs, maps)
+            self.metrics["average_drop"].update(y, o)
+            self.metrics["increase_in_confidence"].update(y, o)
+
+    @staticmethod
+    def faithfulness_scores(
+        pl_module: L.LightningModule, inputs: ExplanationInputs, maps: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Y: similarity to the references; O: the same for image x map (normalised input space)."""
+        kind = pl_module.similarity
+        y = mean_similarity(inputs.embeddings, inputs.references, kind, inputs.reference_weights)
+        masked = inputs.images * maps.unsqueeze(1).to(inputs.images.dtype)
+        embeddings = pl_module.embed(pl_module.forward_features(masked))
+        o = mean_similarity(embeddings, inputs.references, kind, inputs.reference_weights)
+        return y, o
+
+    def _log_metrics(self, pl_module: L.LightningModule, stage: str) -> None:
+        wanted = {
+            "energy_pointing_game": self.compute_localization,
+            "iou": self.compute_localization,
+            "average_drop": self.compute_faithfulness,
+            "increase_in_confidence": self.compute_faithfulness,
+        }
+        for name, metric in self.metrics.items():
+            if not wanted[name]:
+                continue  # every rank takes the same branches: compute() is a collective under DDP
+            value = metric.compute()  # synchronised across DDP ranks by torchmetrics
+            if name in ("energy_pointing_game", "iou"):
+                value = 100.0 * value
+            pl_module.log(f"{stage}/fam_{name}", value, sync_dist=False)
+
+    # -- probe grid ---------------------------------------------------------------------
+    def _probe(self, trainer: L.Trainer, stage: str) -> Any:
+        if self._probe_batch is None:
+            datamodule = trainer.datamodule
+            if datamodule is not None and hasattr(datamodule, "probe_episode"):
+                self._probe_batch = datamodule.probe_episode()
+            else:
+                loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+                loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+                self._probe_batch = next(iter(loader))
+        return self._probe_batch
+
+    def _log_probe_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.global_rank != 0:
+            return
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if logger is None:
+            rank_zero_warn("FAMCallback: no TensorBoardLogger attached; probe heatmaps are not logged")
+            return
+        grid = self.probe_grid(trainer, pl_module, stage)
+        logger.experiment.add_image(f"{stage}/fam_probe", grid, global_step=trainer.global_step)
+
+    def probe_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str = "val") -> Tensor:
+        """(3, H', W') grid: rows of image+box | FAM overlay (frame: correct?) | reference image."""
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.inference_mode():
+                batch = move_data_to_device(self._probe(trainer, stage), pl_module.device)
+                inputs = pl_module.explanation_inputs(batch)
+                count = min(self.num_probe_images, inputs.images.shape[0])
+                rows = torch.linspace(0, inputs.images.shape[0] - 1, count, device=inputs.images.device).long()
+                inputs = _select(inputs, rows)
+                maps = self.explain(inputs)
+        finally:
+            pl_module.train(was_training)
+        mean, std = _normalization(trainer)
+        images = denormalize(inputs.images.float(), mean, std)
+        if inputs.boxes is not None:
+            images = draw_boxes(images, inputs.boxes)
+        heat = add_border(overlay(images, maps.float(), self.overlay_alpha), inputs.correct)
+        columns = [images, heat]
+        if inputs.reference_images is not None:
+            columns.append(denormalize(inputs.reference_images.float(), mean, std))
+        tiles = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: one decision per row
+        return make_grid(tiles, nrow=len(columns), padding=2, pad_value=1.0)
+
+
+def _select(inputs: ExplanationInputs, index: Tensor) -> ExplanationInputs:
+    """Rows ``index`` of every per-sample field."""
+    boxes = inputs.boxes
+    if isinstance(boxes, list):
+        boxes = [boxes[i] for i in index.tolist()]
+    elif boxes is not None:
+        boxes = boxes[index]
+    return ExplanationInputs(
+        images=inputs.images[index],
+        feature_maps=inputs.feature_maps[index],
+        embeddings=inputs.embeddings[index],
+        references=inputs.references[index],
+        correct=inputs.correct[index],
+        boxes=boxes,
+        reference_weights=None if inputs.reference_weights is None else inputs.reference_weights[index],
+        reference_images=None if inputs.reference_images is None else inputs.reference_images[index],
+    )
+
+
+def _normalization(trainer: L.Trainer) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    datamodule = trainer.datamodule
+    mean = tuple(getattr(datamodule, "mean", IMAGENET_MEAN))
+    std = tuple(getattr(datamodule, "std", IMAGENET_STD))
+    return mean, std

@@ -1,0 +1,15 @@
+"""fam-lightning: train similarity-based (FC-free) image classifiers and explain them with FAM."""
+
+from fam_lightning.fam import contribution_weights, embed, feature_activation_map, pool
+from fam_lightning.protocol import ExplanationInputs, SimilarityModel, check_similarity_model
+
+__all__ = [
+    "ExplanationInputs",
+    "SimilarityModel",
+    "check_similarity_model",
+    "contribution_weights",
+    "embed",
+    "feature_activation_map",
+    "pool",
+]
+__version__ = "0.1.0"

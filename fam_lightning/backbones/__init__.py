@@ -1,0 +1,6 @@
+"""Backbones: plain ``nn.Module``s exposing ``forward_features`` and ``out_channels``."""
+
+from fam_lightning.backbones import conv4 as _conv4  # noqa: F401  (registers)
+from fam_lightning.backbones.registry import create_backbone, list_backbones, register_backbone
+
+__all__ = ["create_backbone", "list_backbones", "register_backbone"]

@@ -1,0 +1,48 @@
+"""FAM: channel weights from each channel's contribution to the similarity score."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from fam_lightning import fam
+from fam_lightning.explainers.base import Explainer
+from fam_lightning.protocol import SimilarityModel
+
+
+class FAMExplainer(Explainer):
+    """Feature Activation Map (Liao et al., eq. 11-18) for any protocol model.
+
+    Args:
+        model: implements :class:`SimilarityModel`.
+        lse_r: sharpness used when the model pools with LSE (models may expose
+            their own as ``lse_r``).
+    """
+
+    name = "fam"
+
+    def __init__(self, model: SimilarityModel, lse_r: float = 10.0) -> None:
+        super().__init__(model)
+        self.lse_r = float(getattr(model, "lse_r", lse_r))
+
+    def weights(
+        self, feature_maps: Tensor, references: Tensor, reference_weights: Tensor | None = None
+    ) -> Tensor:
+        """(B, C) channel contribution weights; they sum to the mean similarity."""
+        pooled = fam.pool(feature_maps, self.model.pooling, self.lse_r)
+        return fam.contribution_weights(
+            pooled,
+            references,
+            similarity=self.model.similarity,
+            projection=self.model.projection,
+            reference_weights=reference_weights,
+        )
+
+    def from_feature_maps(
+        self,
+        feature_maps: Tensor,
+        references: Tensor,
+        reference_weights: Tensor | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> Tensor:
+        weights = self.weights(feature_maps.detach(), references.detach(), reference_weights)
+        return fam.feature_activation_map(feature_maps.detach(), weights, size)

@@ -1,0 +1,39 @@
+"""Evaluation metrics: localisation (eq. 19, 20), faithfulness (eq. 21, 22), few-shot accuracy."""
+
+from fam_lightning.metrics.faithfulness import (
+    AverageDrop,
+    IncreaseInConfidence,
+    average_drop,
+    increase_in_confidence,
+)
+from fam_lightning.metrics.fewshot import EpisodeAccuracy, accuracy_with_ci, episode_accuracy
+from fam_lightning.metrics.localization import (
+    Boxes,
+    EnergyPointingGame,
+    LocalizationIoU,
+    boxes_to_mask,
+    energy_pointing_game,
+    largest_connected_component,
+    localization_iou,
+    pad_boxes,
+    saliency_to_box,
+)
+
+__all__ = [
+    "AverageDrop",
+    "Boxes",
+    "EnergyPointingGame",
+    "EpisodeAccuracy",
+    "IncreaseInConfidence",
+    "LocalizationIoU",
+    "accuracy_with_ci",
+    "average_drop",
+    "boxes_to_mask",
+    "energy_pointing_game",
+    "episode_accuracy",
+    "increase_in_confidence",
+    "largest_connected_component",
+    "localization_iou",
+    "pad_boxes",
+    "saliency_to_box",
+]

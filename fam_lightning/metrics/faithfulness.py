@@ -1,0 +1,148 @@
+"""Faithfulness metrics: Average Drop and Increase in Confidence (eq. 21, 22).
+
+For a similarity model there is no class score; following the design,
+``Y`` is the similarity of the query to its reference and ``O`` the
+similarity of (query image x saliency map, in normalised input space) to the
+same reference. Both metrics divide by or compare against ``Y``, so samples
+with ``Y <= 0`` are excluded and counted (``num_excluded``).
+
+Everything is batched torch on the inputs' device, without host syncs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+__all__ = [
+    "AverageDrop",
+    "IncreaseInConfidence",
+    "average_drop",
+    "increase_in_confidence",
+]
+
+
+def _check_scores(y: Tensor, o: Tensor) -> None:
+    if not isinstance(y, Tensor) or y.ndim != 1:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"y must have shape (B,), got {shape}")
+    if not isinstance(o, Tensor) or o.shape != y.shape:
+        shape = tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__
+        raise ValueError(f"o must have the shape of y, (B,) = {tuple(y.shape)}, got {shape}")
+
+
+def _average_drop_update(y: Tensor, o: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-batch ``(sum of drops in %, valid count, excluded count)``, all scalars."""
+    _check_scores(y, o)
+    valid = y > 0  # (B,)
+    drop = torch.relu(y - o) / torch.where(valid, y, 1.0) * 100.0
+    return torch.where(valid, drop, 0.0).sum(), valid.sum(), (~valid).sum()
+
+
+def _increase_in_confidence_update(y: Tensor, o: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-batch ``(sum of increases in %, valid count, excluded count)``, all scalars."""
+    _check_scores(y, o)
+    valid = y > 0  # (B,)
+    increase = (valid & (o > y)).to(y.dtype if y.is_floating_point() else torch.float32) * 100.0
+    return increase.sum(), valid.sum(), (~valid).sum()
+
+
+def _mean_over_valid(total: Tensor, num_valid: Tensor) -> Tensor:
+    """``total / num_valid``, 0 when no sample was valid."""
+    return torch.where(num_valid > 0, total / num_valid.clamp_min(1), 0.0)
+
+
+def average_drop(y: Tensor, o: Tensor) -> Tensor:
+    """Average Drop in percent (eq. 21), lower is better.
+
+    ``AD = 100 / |V| * sum_{i in V} max(0, Y_i - O_i) / Y_i`` with
+    ``V = {i : Y_i > 0}``; 0 when ``V`` is empty.
+
+    Args:
+        y: ``(B,)`` similarity of each query to its reference.
+        o: ``(B,)`` similarity of the saliency-masked query to the same reference.
+
+    Returns:
+        Scalar tensor.
+    """
+    total, num_valid, _ = _average_drop_update(y, o)
+    return _mean_over_valid(total, num_valid)
+
+
+def increase_in_confidence(y: Tensor, o: Tensor) -> Tensor:
+    """Increase in Confidence in percent (eq. 22), higher is better.
+
+    ``IC = 100 / |V| * sum_{i in V} 1[O_i > Y_i]`` with ``V = {i : Y_i > 0}``;
+    0 when ``V`` is empty.
+
+    Args:
+        y: ``(B,)`` similarity of each query to its reference.
+        o: ``(B,)`` similarity of the saliency-masked query to the same reference.
+
+    Returns:
+        Scalar tensor.
+    """
+    total, num_valid, _ = _increase_in_confidence_update(y, o)
+    return _mean_over_valid(total, num_valid)
+
+
+class _FaithfulnessMetric(Metric):
+    """Sum over valid samples, valid count and excluded count, summed across ranks.
+
+    ``num_excluded`` (samples with ``Y <= 0``) and ``num_valid`` are readable
+    states. Outside ``compute()`` they hold this rank's counts; under DDP read
+    them inside ``with metric.sync_context():`` for the global counts.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+    plot_lower_bound = 0.0
+    plot_upper_bound = 100.0
+
+    score_sum: Tensor
+    num_valid: Tensor
+    num_excluded: Tensor
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("score_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_valid", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("num_excluded", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def _accumulate(self, total: Tensor, num_valid: Tensor, num_excluded: Tensor) -> None:
+        self.score_sum += total.to(self.score_sum.dtype)
+        self.num_valid += num_valid
+        self.num_excluded += num_excluded
+
+    def compute(self) -> Tensor:
+        """Mean over valid samples in percent (0 when none), float64 scalar."""
+        return _mean_over_valid(self.score_sum, self.num_valid)
+
+
+class AverageDrop(_FaithfulnessMetric):
+    """Average Drop in percent (eq. 21); see :func:`average_drop`.
+
+    ``update(y (B,), o (B,))``; samples with ``y <= 0`` are excluded and
+    counted in ``num_excluded``.
+    """
+
+    higher_is_better = False
+
+    def update(self, y: Tensor, o: Tensor) -> None:
+        """Accumulate a batch of ``(B,)`` original and masked similarities."""
+        self._accumulate(*_average_drop_update(y, o))
+
+
+class IncreaseInConfidence(_FaithfulnessMetric):
+    """Increase in Confidence in percent (eq. 22); see :func:`increase_in_confidence`.
+
+    ``update(y (B,), o (B,))``; samples with ``y <= 0`` are excluded and
+    counted in ``num_excluded``.
+    """
+
+    higher_is_better = True
+
+    def update(self, y: Tensor, o: Tensor) -> None:
+        """Accumulate a batch of ``(B,)`` original and masked similarities."""
+        self._accumulate(*_increase_in_confidence_update(y, o))

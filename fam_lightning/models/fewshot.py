@@ -1,0 +1,224 @@
+"""Few-shot episodic classifier: mean-similarity-to-support decisions, multi-task loss.
+
+The decision score of a query for class j is the mean similarity of its
+embedding to the class's support embeddings (FAM paper, eq. 11), times a
+learnable scale. Training adds a global classification loss over the base
+classes (as CAN does) and weighs the two losses by learned homoscedastic
+uncertainty (Kendall et al. 2018): ``sum_i exp(-s_i) L_i + s_i / 2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fam_lightning import fam
+from fam_lightning.backbones import create_backbone
+from fam_lightning.metrics import EpisodeAccuracy
+from fam_lightning.protocol import ExplanationInputs
+from fam_lightning.similarity import class_scores
+
+EPISODE_KEYS = ("support", "query", "support_target", "query_target", "support_class", "query_class")
+
+
+class UncertaintyWeighting(nn.Module):
+    """Kendall et al. 2018 multi-task weighting with ``s_i = log sigma_i^2`` (init 0)."""
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.log_vars = nn.Parameter(torch.zeros(num_tasks))
+
+    def forward(self, losses: Tensor) -> Tensor:
+        """(T,) task losses -> scalar ``sum exp(-s) L + s / 2``."""
+        return (torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars).sum()
+
+
+class FewShotClassifier(L.LightningModule):
+    """Episodic few-shot learner implementing :class:`fam_lightning.protocol.SimilarityModel`.
+
+    Args:
+        backbone: a registered backbone name (``fam_lightning.backbones``) or an
+            ``nn.Module`` exposing ``forward_features`` and ``out_channels``.
+        num_classes: number of base classes for the global classification
+            head; None reads it from the datamodule's ``num_base_classes`` at setup.
+        pooling: "gap" (paper), "gmp" or "lse".
+        similarity: "cosine" (paper), "euclidean" or "dot".
+        init_scale: initial value of the learnable logit scale.
+        multitask: add the global classification loss (uncertainty-weighted).
+        optimizer: "sgd" (momentum 0.9, Nesterov) or "adam".
+        lr: learning rate; weight_decay: L2 penalty.
+        scheduler: "cosine" (to zero over ``trainer.max_epochs``) or "none".
+    """
+
+    lse_r: float = 10.0
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "conv4",
+        num_classes: int | None = None,
+        pooling: Literal["gap", "gmp", "lse"] = "gap",
+        similarity: Literal["cosine", "euclidean", "dot"] = "cosine",
+        init_scale: float = 10.0,
+        multitask: bool = True,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        lr: float = 0.05,
+        weight_decay: float = 5e-4,
+        scheduler: Literal["cosine", "none"] = "cosine",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
+        self.backbone = create_backbone(backbone) if isinstance(backbone, str) else backbone
+        if not hasattr(self.backbone, "forward_features"):
+            raise TypeError(f"backbone {type(self.backbone).__name__} has no forward_features(x)")
+        self.pooling = pooling
+        self.similarity = similarity
+        self.projection: nn.Module | None = None
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_scale)))
+        self.loss_weighting = UncertaintyWeighting(2) if multitask else None
+        self.global_head: nn.Linear | None = None
+        if multitask and num_classes is not None:
+            self._build_global_head(num_classes)
+        self.val_accuracy = EpisodeAccuracy()
+        self.test_accuracy = EpisodeAccuracy()
+
+    # -- the SimilarityModel protocol -------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, C, h, w)."""
+        return self.backbone.forward_features(x)
+
+    def embed(self, feature_maps: Tensor) -> Tensor:
+        """(B, C, h, w) -> (B, C): pooling only, no projection head."""
+        return fam.embed(fam.pool(feature_maps, self.pooling, self.lse_r), self.projection)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, D) embeddings."""
+        return self.embed(self.forward_features(x))
+
+    # -- setup --------------------------------------------------------------------------
+    def _build_global_head(self, num_classes: int) -> None:
+        self.global_head = nn.Linear(self.backbone.out_channels, num_classes)
+        self.hparams["num_classes"] = num_classes
+
+    def setup(self, stage: str) -> None:
+        if self.loss_weighting is None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        data_classes = getattr(datamodule, "num_base_classes", None)
+        if self.global_head is None:
+            if data_classes is None:
+                raise ValueError(
+                    "FewShotClassifier(multitask=True) needs num_classes (base classes for the "
+                    "global head): pass model.num_classes or use a datamodule with num_base_classes"
+                )
+            self._build_global_head(int(data_classes))
+        elif data_classes is not None and stage == "fit" and data_classes != self.global_head.out_features:
+            raise ValueError(
+                f"model.num_classes={self.global_head.out_features} but the datamodule has "
+                f"{data_classes} base classes; set model.num_classes to {data_classes} or leave it unset"
+            )
+
+    # -- episodes -----------------------------------------------------------------------
+    def episode_forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """One backbone pass over support + query; class scores of every query.
+
+        Returns a dict with ``feature_maps`` (S+Q, C, h, w), ``embeddings``
+        (S+Q, D), ``support`` (W, S, D), ``scores`` (Q, W) unscaled similarities.
+        """
+        missing = [key for key in EPISODE_KEYS if key not in batch]
+        if missing:
+            raise KeyError(f"episode batch is missing {missing}; got keys {sorted(batch)}")
+        ways, shots = int(batch["ways"]), int(batch["shots"])
+        images = torch.cat([batch["support"], batch["query"]])
+        feature_maps = self.forward_features(images)
+        embeddings = self.embed(feature_maps)
+        num_support = ways * shots
+        support = embeddings[:num_support].view(ways, shots, -1)
+        scores = class_scores(embeddings[num_support:], support, self.similarity)
+        return {"feature_maps": feature_maps, "embeddings": embeddings, "support": support, "scores": scores}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self.episode_forward(batch)
+        episode_loss = F.cross_entropy(self.logit_scale * out["scores"], batch["query_target"])
+        self.log("train/loss_episode", episode_loss, prog_bar=False)
+        accuracy = (out["scores"].argmax(1) == batch["query_target"]).float().mean()
+        self.log("train/acc", 100.0 * accuracy, prog_bar=True)
+        if self.loss_weighting is None or self.global_head is None:
+            loss = episode_loss
+        else:
+            pooled = fam.pool(out["feature_maps"], self.pooling, self.lse_r)
+            classes = torch.cat([batch["support_class"], batch["query_class"]])
+            global_loss = F.cross_entropy(self.global_head(pooled), classes)
+            loss = self.loss_weighting(torch.stack([episode_loss, global_loss]))
+            self.log("train/loss_global", global_loss)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/logit_scale", self.logit_scale.detach())
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], accuracy: EpisodeAccuracy, stage: str) -> dict[str, Any]:
+        out = self.episode_forward(batch)
+        predictions = out["scores"].argmax(1)
+        accuracy.update(predictions.unsqueeze(0), batch["query_target"].unsqueeze(0))
+        loss = F.cross_entropy(self.logit_scale * out["scores"], batch["query_target"])
+        self.log(f"{stage}/loss", loss, batch_size=predictions.numel())
+        return {"loss": loss, "explain": self._explanation_inputs(batch, out, predictions)}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, self.val_accuracy, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, self.test_accuracy, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy(self.val_accuracy, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy(self.test_accuracy, "test")
+
+    def _log_accuracy(self, metric: EpisodeAccuracy, stage: str) -> None:
+        result = metric.compute()  # synchronised across DDP ranks by torchmetrics
+        self.log(f"{stage}/acc", result["mean"], prog_bar=True)
+        self.log(f"{stage}/acc_ci95", result["ci95"])
+        metric.reset()
+
+    # -- explanation --------------------------------------------------------------------
+    def _explanation_inputs(
+        self, batch: dict[str, Any], out: dict[str, Tensor], predictions: Tensor
+    ) -> ExplanationInputs:
+        """Queries against the support images of their predicted class."""
+        num_support = out["support"].shape[0] * out["support"].shape[1]
+        shots = out["support"].shape[1]
+        first_support = predictions * shots  # row of the predicted class's first support image
+        return ExplanationInputs(
+            images=batch["query"],
+            feature_maps=out["feature_maps"][num_support:],
+            embeddings=out["embeddings"][num_support:],
+            references=out["support"][predictions],  # (Q, S, D)
+            correct=predictions == batch["query_target"],
+            boxes=batch.get("query_box"),
+            reference_images=batch["support"][first_support],
+        )
+
+    def explanation_inputs(self, batch: dict[str, Any]) -> ExplanationInputs:
+        """Run one episode and return its query decisions for explanation."""
+        out = self.episode_forward(batch)
+        return self._explanation_inputs(batch, out, out["scores"].argmax(1))
+
+    # -- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = self.parameters()
+        if self.hparams.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params, lr=self.hparams.lr, momentum=0.9, nesterov=True,
+                weight_decay=self.hparams.weight_decay,
+            )
+        else:
+            optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "none":
+            return optimizer
+        max_epochs = self.trainer.max_epochs if self._trainer and self.trainer.max_epochs else 100
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, max_epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
