@@ -25,7 +25,7 @@ from fam_lightning.explainers import EXPLAINERS, Explainer
 from fam_lightning.metrics import AverageDrop, EnergyPointingGame, IncreaseInConfidence, LocalizationIoU
 from fam_lightning.protocol import ExplanationInputs, check_similarity_model
 from fam_lightning.similarity import mean_similarity
-from fam_lightning.visualize import IMAGENET_MEAN, IMAGENET_STD, add_border, denormalize, draw_boxes, overlay
+from fam_lightning.visualize import IMAGENET_MEAN, IMAGENET_STD, YELLOW, add_border, denormalize, draw_boxes, overlay
 
 METRIC_NAMES = ("energy_pointing_game", "iou", "average_drop", "increase_in_confidence")
 
@@ -228,7 +228,7 @@ class FAMCallback(L.Callback):
         mean, std = _normalization(trainer)
         images = denormalize(inputs.images.float(), mean, std)
         if inputs.boxes is not None:
-            images = draw_boxes(images, inputs.boxes)
+            images = draw_boxes(images, inputs.boxes, color=YELLOW)
         heat = add_border(overlay(images, maps.float(), self.overlay_alpha), inputs.correct)
         columns = [images, heat]
         if inputs.reference_images is not None:

@@ -11,6 +11,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREEN = (0.1, 0.9, 0.1)
 RED = (0.95, 0.1, 0.1)
+YELLOW = (1.0, 0.85, 0.0)
 
 
 def denormalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
