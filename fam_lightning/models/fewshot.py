@@ -9,6 +9,7 @@ uncertainty (Kendall et al. 2018): ``sum_i exp(-s_i) L_i + s_i / 2``.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import lightning as L
@@ -142,10 +143,11 @@ class FewShotClassifier(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.episode_forward(batch)
+        log = partial(self.log, batch_size=batch["query_target"].numel())
         episode_loss = F.cross_entropy(self.logit_scale * out["scores"], batch["query_target"])
-        self.log("train/loss_episode", episode_loss, prog_bar=False)
+        log("train/loss_episode", episode_loss)
         accuracy = (out["scores"].argmax(1) == batch["query_target"]).float().mean()
-        self.log("train/acc", 100.0 * accuracy, prog_bar=True)
+        log("train/acc", 100.0 * accuracy, prog_bar=True)
         if self.loss_weighting is None or self.global_head is None:
             loss = episode_loss
         else:
@@ -153,9 +155,9 @@ class FewShotClassifier(L.LightningModule):
             classes = torch.cat([batch["support_class"], batch["query_class"]])
             global_loss = F.cross_entropy(self.global_head(pooled), classes)
             loss = self.loss_weighting(torch.stack([episode_loss, global_loss]))
-            self.log("train/loss_global", global_loss)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/logit_scale", self.logit_scale.detach())
+            log("train/loss_global", global_loss)
+        log("train/loss", loss, prog_bar=True)
+        log("train/logit_scale", self.logit_scale.detach())
         return loss
 
     def _eval_step(self, batch: dict[str, Any], accuracy: EpisodeAccuracy, stage: str) -> dict[str, Any]:

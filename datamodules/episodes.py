@@ -1,0 +1,195 @@
+"""Episodic few-shot sampling: one dataset item is one whole, collated episode.
+
+An ``N``-way ``K``-shot ``Q``-query episode (learn2learn's vocabulary: ways,
+shots, queries) draws ``N`` classes, then ``K + Q`` distinct images of each.
+Each episode comes out as a dict of tensors, class-major::
+
+    "support":        (N*K, 3, H, W)  rows j*K ... j*K+K-1 are way j
+    "query":          (N*Q, 3, H, W)  rows j*Q ... j*Q+Q-1 are way j
+    "support_target": (N*K,) long     episode-local labels in [0, N): way j -> j
+    "query_target":   (N*Q,) long
+    "support_class":  (N*K,) long     the split-level class label of each row
+    "query_class":    (N*Q,) long
+    "support_box":    (N*K, 4) float  (x0, y0, x1, y1), when items have a "box"
+    "query_box":      (N*Q, 4) float
+    "support_index":  (N*K,) long     row of the image in the underlying data set
+    "query_index":    (N*Q,) long
+    "ways", "shots", "queries": python ints
+
+So ``support.view(N, K, 3, H, W)`` groups the support set by way, and
+``support_target == arange(N).repeat_interleave(K)``.
+
+Because each item is already a batch, the DataLoader runs with
+``batch_size=None``, and Lightning's DistributedSampler splits episode
+indices across DDP ranks like any map-style data set.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, get_worker_info
+
+_MASK64 = (1 << 64) - 1
+
+
+class LabelledDataset(Protocol):
+    """What episodes need of a data set: per-item labels up front, and item dicts."""
+
+    labels: torch.Tensor
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    def __len__(self) -> int: ...
+
+
+def mix_seed(*values: int) -> int:
+    """Mix integers into one well-spread 63-bit seed (SplitMix64 steps).
+
+    Neighbouring inputs such as (seed, 0) and (seed, 1) give unrelated seeds,
+    unlike ``seed + i``, which makes (seed, i + 1) and (seed + 1, i) collide.
+    """
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
+        state ^= state >> 29
+    return state >> 1
+
+
+def _global_rank() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
+
+
+class EpisodeDataset(Dataset):
+    """Map-style data set of few-shot episodes drawn from a labelled data set.
+
+    Args:
+        dataset: Has ``labels`` (LongTensor (N,)) and returns item dicts with
+            "image", "label" and optionally "box".
+        ways: Classes per episode.
+        shots: Support images per class.
+        queries: Query images per class.
+        num_episodes: Length of the data set (episodes per epoch).
+        seed: If given, episode ``i`` is a fixed function of ``(seed, i)``:
+            every epoch sees the same episodes (validation, test). If None,
+            episodes are drawn fresh from a per-process generator seeded by
+            ``torch.initial_seed()`` and the distributed rank, so DataLoader
+            workers and DDP ranks differ, and runs repeat under
+            ``lightning.seed_everything(..., workers=True)`` (training).
+
+    Raises:
+        ValueError: If a count is not positive, or fewer than ``ways`` classes
+            have ``shots + queries`` images.
+    """
+
+    def __init__(
+        self,
+        dataset: LabelledDataset,
+        ways: int,
+        shots: int,
+        queries: int,
+        num_episodes: int,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("ways", ways), ("shots", shots), ("queries", queries), ("num_episodes", num_episodes)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.dataset = dataset
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.num_episodes = num_episodes
+        self.seed = seed
+        self._class_labels, self._class_rows = self._eligible_classes(torch.as_tensor(dataset.labels, dtype=torch.long))
+        self._generator: torch.Generator | None = None
+        self._generator_owner: tuple[int, int] | None = None
+
+    def _eligible_classes(self, labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Labels (C,) of the classes with at least shots + queries images, and each one's rows."""
+        need = self.shots + self.queries
+        classes, counts = torch.unique(labels, return_counts=True)
+        keep = classes[counts >= need]
+        eligible = [torch.nonzero(labels == c).flatten() for c in keep]
+        if len(eligible) < self.ways:
+            split = getattr(self.dataset, "split", None)
+            where = f" of split {split!r}" if split is not None else ""
+            smallest = int(counts.min()) if len(counts) else 0
+            raise ValueError(
+                f"episode asks for {self.ways}-way {self.shots}-shot {self.queries}-query "
+                f"({need} images per class) but only {len(eligible)} classes{where} have >= {need} images "
+                f"({len(classes)} classes in all, smallest class has {smallest})"
+            )
+        return keep, eligible
+
+    @property
+    def num_eligible_classes(self) -> int:
+        """Classes with enough images to appear in an episode."""
+        return len(self._class_rows)
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_episodes:
+            raise IndexError(f"episode index {index} out of range for {self.num_episodes} episodes")
+        classes, support_rows, query_rows = self.sample_indices(index)
+        return self._collate(classes, support_rows, query_rows)
+
+    def sample_indices(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw one episode's rows without loading any image.
+
+        Args:
+            index: Episode index (used only when ``seed`` is set).
+
+        Returns:
+            ``(classes, support_rows, query_rows)``: the split-level class
+            label of each way (W,), and data set rows (W*S,), (W*Q,), class-major.
+        """
+        generator = self._episode_generator(index)
+        pick = torch.randperm(len(self._class_rows), generator=generator)[: self.ways]
+        support, query = [], []
+        for c in pick.tolist():
+            rows = self._class_rows[c]
+            chosen = rows[torch.randperm(len(rows), generator=generator)[: self.shots + self.queries]]
+            support.append(chosen[: self.shots])
+            query.append(chosen[self.shots :])
+        return self._class_labels[pick], torch.cat(support), torch.cat(query)
+
+    def _episode_generator(self, index: int) -> torch.Generator:
+        if self.seed is not None:
+            return torch.Generator().manual_seed(mix_seed(self.seed, index))
+        # Re-seed when first used in a new process or worker, so copies never share a stream.
+        worker = get_worker_info()
+        owner = (os.getpid(), worker.id if worker is not None else -1)
+        if self._generator is None or self._generator_owner != owner:
+            self._generator = torch.Generator().manual_seed(mix_seed(torch.initial_seed(), _global_rank()))
+            self._generator_owner = owner
+        return self._generator
+
+    def _collate(self, classes: torch.Tensor, support_rows: torch.Tensor, query_rows: torch.Tensor) -> dict[str, Any]:
+        """Load the episode's items and stack them into the class-major episode dict."""
+        episode: dict[str, Any] = {}
+        for role, rows, per_way in (("support", support_rows, self.shots), ("query", query_rows, self.queries)):
+            items = [self.dataset[int(r)] for r in rows]
+            episode[role] = torch.stack([item["image"] for item in items])
+            episode[f"{role}_target"] = torch.arange(self.ways).repeat_interleave(per_way)
+            episode[f"{role}_class"] = classes.repeat_interleave(per_way)
+            if all("box" in item for item in items):
+                boxes = [torch.as_tensor(item["box"], dtype=torch.float32) for item in items]
+                episode[f"{role}_box"] = torch.stack(boxes)
+            episode[f"{role}_index"] = rows.clone()
+        episode.update(ways=self.ways, shots=self.shots, queries=self.queries)
+        return episode
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A generator copied into a worker would repeat the parent's stream: drop it, it is re-created lazily.
+        state = self.__dict__.copy()
+        state["_generator"] = None
+        state["_generator_owner"] = None
+        return state
+

@@ -1,0 +1,204 @@
+"""Few-shot LightningDataModule over a CUB-layout folder (the synthetic one by default).
+
+Splits follow Chen et al. 2019: train = base classes, val = val classes,
+test = novel classes. Every dataloader yields whole episodes
+(see :mod:`datamodules.episodes` for the layout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, CUBDataset, CUBMetadata, fewshot_class_split, read_cub_metadata
+from datamodules.episodes import EpisodeDataset
+from datamodules.synthetic import default_synthetic_root, write_synthetic_cub
+
+# Stage name -> few-shot class split.
+_SPLITS = {"train": "base", "val": "val", "test": "novel"}
+
+
+class FewShotDataModule(L.LightningDataModule):
+    """Episodic train / val / test data from a CUB-layout folder.
+
+    With ``root=None`` a synthetic CUB-layout data set is written once under
+    ``data_dir`` (named by its parameters) and reused afterwards; writing is
+    atomic, so DDP processes that race to write it are safe.
+
+    Args:
+        root: CUB-200-2011 root folder, or None for the synthetic default.
+        data_dir: Where the synthetic default lives.
+        image_size: Side of the square images fed to the model.
+        train_ways: Classes per training episode.
+        train_shots: Support images per class in training episodes.
+        train_queries: Query images per class in training episodes.
+        eval_ways: Classes per validation / test episode.
+        eval_shots: Support images per class in validation / test episodes.
+        eval_queries: Query images per class in validation / test episodes.
+        train_episodes: Training episodes per epoch (fresh every epoch).
+        val_episodes: Validation episodes (the same ones every epoch).
+        test_episodes: Test episodes (fixed by ``seed``).
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin episode tensors for faster host-to-GPU copies.
+        cache_images: Keep decoded, resized images in memory (per process).
+        seed: Seed of the fixed validation (seed + 1) and test (seed + 2) episodes.
+        synthetic_classes: Classes of the synthetic default.
+        synthetic_images_per_class: Images per class of the synthetic default.
+        synthetic_image_size: Stored image side of the synthetic default.
+        synthetic_seed: Drawing seed of the synthetic default (kept apart from
+            ``seed`` so runs with different seeds share one data set).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        data_dir: str = "data",
+        image_size: int = 84,
+        train_ways: int = 5,
+        train_shots: int = 1,
+        train_queries: int = 6,
+        eval_ways: int = 5,
+        eval_shots: int = 1,
+        eval_queries: int = 15,
+        train_episodes: int = 100,
+        val_episodes: int = 50,
+        test_episodes: int = 2000,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        cache_images: bool = True,
+        seed: int = 0,
+        synthetic_classes: int = 64,
+        synthetic_images_per_class: int = 30,
+        synthetic_image_size: int = 96,
+        synthetic_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = root
+        self.data_dir = data_dir
+        self.image_size = image_size
+        self.train_ways, self.train_shots, self.train_queries = train_ways, train_shots, train_queries
+        self.eval_ways, self.eval_shots, self.eval_queries = eval_ways, eval_shots, eval_queries
+        self.train_episodes, self.val_episodes, self.test_episodes = train_episodes, val_episodes, test_episodes
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.cache_images = cache_images
+        self.seed = seed
+        self.synthetic_params = {
+            "num_classes": synthetic_classes,
+            "images_per_class": synthetic_images_per_class,
+            "image_size": synthetic_image_size,
+            "seed": synthetic_seed,
+        }
+        # The normalisation applied to every image; visualisation code undoes it.
+        self.mean: tuple[float, float, float] = IMAGENET_MEAN
+        self.std: tuple[float, float, float] = IMAGENET_STD
+        self._metadata: CUBMetadata | None = None
+        self._images: dict[str, CUBDataset] = {}
+        self._episodes: dict[str, EpisodeDataset] = {}
+
+    @property
+    def data_root(self) -> Path:
+        """The CUB-layout folder read: ``root``, or the synthetic default's folder."""
+        if self.root is not None:
+            return Path(self.root)
+        return default_synthetic_root(self.data_dir, **self.synthetic_params)
+
+    def _ensure_data(self) -> Path:
+        """Write the synthetic default if it is needed and missing; a no-op for a real root."""
+        if self.root is None:
+            write_synthetic_cub(self.data_root, **self.synthetic_params)
+        return self.data_root
+
+    def prepare_data(self) -> None:
+        """Write the synthetic default once (on one process per node)."""
+        self._ensure_data()
+
+    @property
+    def metadata(self) -> CUBMetadata:
+        """Parsed metadata of ``data_root`` (written first for the synthetic default)."""
+        if self._metadata is None:
+            self._metadata = read_cub_metadata(self._ensure_data())
+        return self._metadata
+
+    @property
+    def num_base_classes(self) -> int:
+        """Classes of the base (training) split; readable before ``setup``.
+
+        LightningCLI can link it to the model's ``num_classes`` with
+        ``apply_on="instantiate"``.
+        """
+        return len(fewshot_class_split(self.metadata.sorted_class_ids, "base"))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the episode data sets of ``stage`` (all of them for None).
+
+        Checks the episode sizes against the splits here, so a too-large
+        episode fails before training starts.
+        """
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for name in wanted.get(stage or "", ("train", "val", "test")):
+            self._episode_set(name)
+
+    def _image_set(self, name: str) -> CUBDataset:
+        if name not in self._images:
+            self._images[name] = CUBDataset(
+                self.data_root,
+                split=_SPLITS[name],
+                protocol="fewshot",
+                image_size=self.image_size,
+                mean=self.mean,
+                std=self.std,
+                cache=self.cache_images,
+                metadata=self.metadata,
+            )
+        return self._images[name]
+
+    def _episode_set(self, name: str) -> EpisodeDataset:
+        if name not in self._episodes:
+            images = self._image_set(name)
+            if name == "train":
+                # seed=None: fresh episodes every epoch, different per worker and rank.
+                episodes = EpisodeDataset(
+                    images, self.train_ways, self.train_shots, self.train_queries, self.train_episodes, seed=None
+                )
+            else:
+                count = self.val_episodes if name == "val" else self.test_episodes
+                seed = self.seed + (1 if name == "val" else 2)
+                episodes = EpisodeDataset(images, self.eval_ways, self.eval_shots, self.eval_queries, count, seed=seed)
+            self._episodes[name] = episodes
+        return self._episodes[name]
+
+    def _loader(self, episodes: EpisodeDataset) -> DataLoader:
+        # batch_size=None: every item is already a whole collated episode.
+        return DataLoader(
+            episodes,
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Fresh base-class episodes every epoch."""
+        return self._loader(self._episode_set("train"))
+
+    def val_dataloader(self) -> DataLoader:
+        """The same val-class episodes every epoch."""
+        return self._loader(self._episode_set("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        """Fixed novel-class episodes."""
+        return self._loader(self._episode_set("test"))
+
+    def probe_episode(self) -> dict[str, Any]:
+        """A fixed validation episode for visualisation callbacks: the same on every call.
+
+        It is the first validation episode (eval ways / shots / queries),
+        available with or without ``setup``.
+        """
+        return self._episode_set("val")[0]
