@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from fam_lightning import fam
@@ -44,5 +45,15 @@ class FAMExplainer(Explainer):
         reference_weights: Tensor | None = None,
         size: tuple[int, int] | None = None,
     ) -> Tensor:
-        weights = self.weights(feature_maps.detach(), references.detach(), reference_weights)
-        return fam.feature_activation_map(feature_maps.detach(), weights, size)
+        # Under bf16/fp16 autocast the arithmetic still runs in float32: min-max
+        # normalisation and the sum property need more than 8 mantissa bits.
+        with torch.autocast(feature_maps.device.type, enabled=False):
+            feature_maps, references = _at_least_float32(feature_maps.detach(), references.detach())
+            if reference_weights is not None:
+                reference_weights = reference_weights.to(feature_maps.dtype)
+            weights = self.weights(feature_maps, references, reference_weights)
+            return fam.feature_activation_map(feature_maps, weights, size)
+
+
+def _at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
+    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)

@@ -53,6 +53,8 @@ class FewShotClassifier(L.LightningModule):
         optimizer: "sgd" (momentum 0.9, Nesterov) or "adam".
         lr: learning rate; weight_decay: L2 penalty.
         scheduler: "cosine" (to zero over ``trainer.max_epochs``) or "none".
+        channels_last: run convolutions in NHWC memory format (faster with
+            bf16 on tensor-core GPUs).
     """
 
     lse_r: float = 10.0
@@ -69,6 +71,7 @@ class FewShotClassifier(L.LightningModule):
         lr: float = 0.05,
         weight_decay: float = 5e-4,
         scheduler: Literal["cosine", "none"] = "cosine",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
@@ -83,12 +86,16 @@ class FewShotClassifier(L.LightningModule):
         self.global_head: nn.Linear | None = None
         if multitask and num_classes is not None:
             self._build_global_head(num_classes)
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.val_accuracy = EpisodeAccuracy()
         self.test_accuracy = EpisodeAccuracy()
 
     # -- the SimilarityModel protocol -------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, C, h, w)."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone.forward_features(x)
 
     def embed(self, feature_maps: Tensor) -> Tensor:

@@ -1,0 +1,143 @@
+"""Training-step cost under Lightning against a plain PyTorch loop of the same model and data.
+
+Both loops run the same FewShotClassifier (episodic + global multi-task loss)
+on the same pre-built 5-way 1-shot 6-query episodes held on the device, with
+the same optimizer, in the same process, so the ratio isolates Lightning's
+overhead. Prints ms per step, episodes/s and the ratio Lightning / plain.
+
+    python benchmarks/train_step.py [--backbone resnet12] [--steps 20] [--precision bf16-mixed] [--channels-last]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fam_lightning.models import FewShotClassifier  # noqa: E402
+
+
+def make_episodes(count: int, ways: int, shots: int, queries: int, size: int, classes: int, device: torch.device) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    episodes = []
+    for _ in range(count):
+        way_classes = torch.randperm(classes, generator=g)[:ways]
+        episodes.append({
+            "support": torch.randn(ways * shots, 3, size, size, generator=g).to(device),
+            "query": torch.randn(ways * queries, 3, size, size, generator=g).to(device),
+            "support_target": torch.arange(ways).repeat_interleave(shots).to(device),
+            "query_target": torch.arange(ways).repeat_interleave(queries).to(device),
+            "support_class": way_classes.repeat_interleave(shots).to(device),
+            "query_class": way_classes.repeat_interleave(queries).to(device),
+            "ways": ways, "shots": shots, "queries": queries,
+        })
+    return episodes
+
+
+class EpisodeList(torch.utils.data.Dataset):
+    def __init__(self, episodes: list[dict]) -> None:
+        self.episodes = episodes
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.episodes[i]
+
+
+def build_model(args: argparse.Namespace, device: torch.device) -> FewShotClassifier:
+    torch.manual_seed(0)
+    model = FewShotClassifier(backbone=args.backbone, num_classes=args.classes, optimizer="sgd",
+                              lr=0.05, scheduler="none", channels_last=args.channels_last)
+    return model.to(device)
+
+
+def plain_loop(args: argparse.Namespace, episodes: list[dict], device: torch.device) -> float:
+    model = build_model(args, device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = model.configure_optimizers()
+    dtype = torch.bfloat16 if args.precision.startswith("bf16") else None
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext)
+    model.log = lambda *a, **k: None  # the plain loop logs nothing
+    start = 0.0
+    for step, batch in enumerate(episodes):
+        if step == args.warmup:
+            sync(device)
+            start = time.perf_counter()
+        with autocast() if dtype else contextlib.nullcontext():
+            loss = model.training_step(batch, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    sync(device)
+    return (time.perf_counter() - start) / (len(episodes) - args.warmup)
+
+
+class StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end, self.device = warmup, 0.0, 0.0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        sync(pl_module.device)
+        self.end = time.perf_counter()
+
+
+def lightning_loop(args: argparse.Namespace, episodes: list[dict], device: torch.device) -> float:
+    model = build_model(args, device)
+    timer = StepTimer(args.warmup)
+    trainer = L.Trainer(
+        accelerator=device.type, devices=1, max_epochs=1, precision=args.precision, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer],
+    )
+    loader = torch.utils.data.DataLoader(EpisodeList(episodes), batch_size=None, shuffle=False)
+    trainer.fit(model, train_dataloaders=loader)
+    return (timer.end - timer.start) / (len(episodes) - args.warmup)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet12")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--size", type=int, default=84)
+    parser.add_argument("--classes", type=int, default=64)
+    parser.add_argument("--precision", default="32-true", help="32-true | bf16-mixed")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    episodes = make_episodes(args.steps + args.warmup, 5, 1, 6, args.size, args.classes, device)
+    args.steps += args.warmup
+    plain = plain_loop(args, episodes, device)
+    lightning = lightning_loop(args, episodes, device)
+    plain_again = plain_loop(args, episodes, device)  # bracket Lightning to expose drift
+    plain = min(plain, plain_again)
+    print(f"\n{args.backbone} 5-way 1-shot 6-query training step, {args.size}x{args.size}, {device.type}, "
+          f"precision {args.precision}{', channels_last' if args.channels_last else ''}")
+    print(f"  plain PyTorch loop   {plain * 1e3:9.1f} ms/step  {1 / plain:7.2f} episodes/s")
+    print(f"  Lightning            {lightning * 1e3:9.1f} ms/step  {1 / lightning:7.2f} episodes/s")
+    print(f"  ratio Lightning / plain: {lightning / plain:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Every backbone's synthetic config trains through the CLI and gets FAM maps and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, read_events, run_cli
+
+BACKBONES = ("conv4", "conv64f", "resnet12", "resnet18", "wrn28_10")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_synthetic_config_fits_with_fam_callback(backbone: str, tmp_path: Path, data_dir: Path) -> None:
+    config = REPO / "configs" / "fewshot" / f"{backbone}_synthetic.yaml"
+    run_cli(
+        ["fit", "--config", str(config), "--data.data_dir", str(data_dir),
+         "--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20",
+         "--data.image_size", "32", "--data.train_episodes", "2", "--data.val_episodes", "1",
+         "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
+        cwd=tmp_path,
+    )
+    scalars, images = read_events(tmp_path / "logs" / f"{backbone}_synthetic" / "version_0")
+    assert images["val/fam_probe"], "no FAM probe grid logged"
+    for tag in ("val/acc", "val/fam_energy_pointing_game", "val/fam_iou", "train/loss"):
+        assert tag in scalars, f"{tag} missing for {backbone}"
+
+
+def test_real_cub_configs_name_the_placeholder_root(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="/path/to/CUB_200_2011"):
+        run_cli(["fit", "--config", str(REPO / "configs" / "fewshot" / "conv4_cub.yaml")], cwd=tmp_path, timeout=120)
