@@ -27,9 +27,6 @@ from fam_lightning.protocol import ExplanationInputs, check_similarity_model
 from fam_lightning.similarity import mean_similarity
 from fam_lightning.visualize import IMAGENET_MEAN, IMAGENET_STD, YELLOW, add_border, denormalize, draw_boxes, overlay
 
-METRIC_NAMES = ("energy_pointing_game", "iou", "average_drop", "increase_in_confidence")
-
-
 class FAMCallback(L.Callback):
     """Explain validation/test decisions with FAM; log maps and metrics.
 
@@ -74,6 +71,8 @@ class FAMCallback(L.Callback):
         self.metrics = nn.ModuleDict(
             {
                 "energy_pointing_game": EnergyPointingGame(),
+                # a uniform map's energy is the box-area fraction: the chance level FAM must beat
+                "energy_uniform_baseline": EnergyPointingGame(),
                 "iou": LocalizationIoU(threshold=iou_threshold),
                 "average_drop": AverageDrop(),
                 "increase_in_confidence": IncreaseInConfidence(),
@@ -156,6 +155,7 @@ class FAMCallback(L.Callback):
         maps = self.explain(inputs)
         if self.compute_localization and inputs.boxes is not None:
             self.metrics["energy_pointing_game"].update(maps, inputs.boxes)
+            self.metrics["energy_uniform_baseline"].update(torch.ones_like(maps), inputs.boxes)
             self.metrics["iou"].update(maps, inputs.boxes)
         if self.compute_faithfulness:
             y, o = self.faithfulness_scores(pl_module, inputs, maps)
@@ -177,6 +177,7 @@ class FAMCallback(L.Callback):
     def _log_metrics(self, pl_module: L.LightningModule, stage: str) -> None:
         wanted = {
             "energy_pointing_game": self.compute_localization,
+            "energy_uniform_baseline": self.compute_localization,
             "iou": self.compute_localization,
             "average_drop": self.compute_faithfulness,
             "increase_in_confidence": self.compute_faithfulness,
@@ -185,7 +186,7 @@ class FAMCallback(L.Callback):
             if not wanted[name]:
                 continue  # every rank takes the same branches: compute() is a collective under DDP
             value = metric.compute()  # synchronised across DDP ranks by torchmetrics
-            if name in ("energy_pointing_game", "iou"):
+            if name in ("energy_pointing_game", "energy_uniform_baseline", "iou"):
                 value = 100.0 * value
             pl_module.log(f"{stage}/fam_{name}", value, sync_dist=False)
 

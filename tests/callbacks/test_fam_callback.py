@@ -1,0 +1,73 @@
+"""FAMCallback pieces without a Trainer: metric updates, probe grid, mode restore, errors."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from callbacks import FAMCallback
+from fam_lightning.metrics import energy_pointing_game, localization_iou
+from fam_lightning.models import FewShotClassifier
+from tests.models.test_fewshot_model import make_episode
+
+
+def _setup() -> tuple[FAMCallback, FewShotClassifier, dict]:
+    model = FewShotClassifier(num_classes=5).eval()
+    callback = FAMCallback(num_probe_images=4)
+    callback.setup(SimpleNamespace(), model, "validate")
+    callback._reset(model)
+    return callback, model, make_episode()
+
+
+def test_update_matches_functional_metrics_on_correct_queries() -> None:
+    callback, model, batch = _setup()
+    with torch.inference_mode():
+        inputs = model.explanation_inputs(batch)
+        callback._update(model, {"explain": inputs}, batch_idx=0)
+        keep = inputs.correct.nonzero().squeeze(1)
+        maps = callback.explain(inputs)[keep]
+        boxes = batch["query_box"][keep]
+    assert keep.numel() > 0
+    got = callback.metrics["energy_pointing_game"].compute()
+    torch.testing.assert_close(got.float(), energy_pointing_game(maps, boxes).mean())
+    torch.testing.assert_close(callback.metrics["iou"].compute().float(), localization_iou(maps, boxes).mean())
+    box_fraction = (16 * 16) / (32 * 32)
+    torch.testing.assert_close(callback.metrics["energy_uniform_baseline"].compute().float(), torch.tensor(box_fraction))
+    assert callback.metrics["average_drop"].update_called
+
+
+def test_max_metric_batches_skips_later_batches() -> None:
+    callback, model, batch = _setup()
+    callback.max_metric_batches = 1
+    with torch.inference_mode():
+        callback._update(model, {"explain": model.explanation_inputs(batch)}, batch_idx=1)
+    assert not callback.metrics["energy_pointing_game"].update_called
+
+
+def test_probe_grid_restores_train_mode_and_has_three_columns() -> None:
+    callback, model, batch = _setup()
+    model.train()
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(probe_episode=lambda: batch, mean=(0.5,) * 3, std=(0.25,) * 3))
+    grid = callback.probe_grid(trainer, model)
+    assert model.training
+    assert grid.shape[0] == 3
+    # 4 rows x 3 columns of 32 px tiles with 2 px padding
+    assert grid.shape[1:] == (4 * 34 + 2, 3 * 34 + 2)
+    assert grid.min() >= 0 and grid.max() <= 1
+
+
+def test_eval_step_without_explanation_inputs_is_an_error() -> None:
+    callback, model, _ = _setup()
+    with pytest.raises(TypeError, match="ExplanationInputs"):
+        callback._update(model, {"loss": torch.tensor(0.0)}, batch_idx=0)
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown explainer 'gradcam'"):
+        FAMCallback(explainer="gradcam")
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        FAMCallback(every_n_epochs=0)
+    with pytest.raises(TypeError, match="SimilarityModel"):
+        FAMCallback().setup(SimpleNamespace(), torch.nn.Linear(2, 2), "fit")
