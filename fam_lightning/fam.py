@@ -229,8 +229,11 @@ def _linearised_weights(
     Equals eq. 18 for a linear head and keeps the sum property for bias-free
     ReLU heads (positively homogeneous). For euclidean, gradient x input of S.
     """
-    with torch.enable_grad():
-        u_var = u.detach().requires_grad_(True)
+    # inference_mode(False): callable from a Lightning eval loop, whose tensors
+    # are inference tensors that autograd would refuse to record.
+    with torch.inference_mode(False), torch.enable_grad():
+        u_var = u.detach().clone().requires_grad_(True)
+        refs, mix = refs.clone(), mix.clone()
         v = head(u_var)
         if v.shape[1] != refs.shape[2]:
             raise ValueError(
@@ -242,4 +245,4 @@ def _linearised_weights(
             beta = _similarity_coefficients(v.detach(), refs, mix, similarity)
             target = (beta * v).sum(1)
         (grad,) = torch.autograd.grad(target.sum(), u_var)
-    return u.detach() * grad
+    return u_var.detach() * grad

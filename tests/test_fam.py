@@ -214,3 +214,14 @@ def test_dtype_and_device_are_preserved() -> None:
             w = contribution_weights(pool(a), refs)
             m = feature_activation_map(a, w, size=(7, 7))
             assert m.device.type == device and m.dtype == dtype and w.dtype == dtype
+
+
+def test_nonlinear_head_works_inside_inference_mode() -> None:
+    torch.manual_seed(3)
+    head = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 6))
+    u, refs = torch.rand(4, 10), torch.randn(4, 3, 6)
+    expected = contribution_weights(u, refs, projection=head)
+    with torch.inference_mode():
+        got = contribution_weights(u.clone(), refs.clone(), projection=head)
+    torch.testing.assert_close(got, expected)
+    assert all(p.grad is None for p in head.parameters())
