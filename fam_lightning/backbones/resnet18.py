@@ -19,12 +19,16 @@ from fam_lightning.backbones.registry import register_backbone
 class BasicBlock(nn.Module):
     """conv3x3(stride)-BN-LeakyReLU-conv3x3-BN plus shortcut, then LeakyReLU.
 
+    ``expansion``: output channels per unit of stage width.
+
     Args:
         in_channels: input channels.
         out_channels: output channels.
         stride: stride of the first conv (and of the projection shortcut).
         slope: LeakyReLU negative slope.
     """
+
+    expansion = 1
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, slope: float = 0.1) -> None:
         super().__init__()
@@ -49,13 +53,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ImageNet-style ResNet of :class:`BasicBlock` s, without the pooling and FC head.
+    """ImageNet-style ResNet, without the pooling and FC head.
 
     Args:
-        blocks_per_stage: BasicBlocks in each of the four stages.
+        blocks_per_stage: blocks in each of the four stages.
         widths: output channels of the four stages.
         in_channels: image channels.
-        slope: LeakyReLU negative slope.
+        slope: LeakyReLU negative slope (0 gives the original ReLU network).
+        block: the residual block class (``BasicBlock`` or a bottleneck with
+            ``expansion`` = 4); stage outputs are ``width * block.expansion``.
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class ResNet(nn.Module):
         widths: Sequence[int] = (64, 128, 256, 512),
         in_channels: int = 3,
         slope: float = 0.1,
+        block: type[nn.Module] = BasicBlock,
     ) -> None:
         super().__init__()
         if len(blocks_per_stage) != len(widths):
@@ -78,14 +85,15 @@ class ResNet(nn.Module):
         previous = widths[0]
         for index, (num_blocks, width) in enumerate(zip(blocks_per_stage, widths)):
             stride = 1 if index == 0 else 2
+            out = width * block.expansion
             blocks = [
-                BasicBlock(previous if i == 0 else width, width, stride if i == 0 else 1, slope=slope)
+                block(previous if i == 0 else out, width, stride if i == 0 else 1, slope=slope)
                 for i in range(num_blocks)
             ]
             stages.append(nn.Sequential(*blocks))
-            previous = width
+            previous = out
         self.stages = nn.Sequential(*stages)
-        self.out_channels = int(widths[-1])
+        self.out_channels = int(previous)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu", a=slope)

@@ -246,3 +246,15 @@ def test_fam_weights_sum_to_the_decision_score(name: str) -> None:
     maps = FAMExplainer(model)(batch["query"], inputs.references)
     assert maps.shape == (4, size, size)
     assert not torch.isnan(maps).any() and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_resnet50_bottleneck_shapes_and_relu() -> None:
+    from fam_lightning.backbones import create_backbone
+
+    net = create_backbone("resnet50").eval()
+    assert net.out_channels == 2048
+    with torch.no_grad():
+        out = net.forward_features(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 2048, 2, 2)
+    assert any(isinstance(m, torch.nn.ReLU) for m in net.modules())
+    assert sum(p.numel() for p in net.parameters()) == 23_508_032  # torchvision resnet50 minus its FC
