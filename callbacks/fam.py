@@ -141,11 +141,13 @@ class FAMCallback(L.Callback):
             return
         if not (self.compute_localization or self.compute_faithfulness):
             return
+        if outputs is None:
+            return  # a pass with no decisions (e.g. a retrieval model's gallery pass)
         inputs = outputs.get("explain") if isinstance(outputs, dict) else None
         if not isinstance(inputs, ExplanationInputs):
             raise TypeError(
                 f"{type(pl_module).__name__}'s eval step must return {{'explain': ExplanationInputs}} "
-                f"for FAMCallback, got {type(outputs).__name__}"
+                f"(or None for batches without decisions) for FAMCallback, got {type(outputs).__name__}"
             )
         # The paper evaluates correct decisions only: one index sync per batch.
         keep = inputs.correct.nonzero().squeeze(1)
@@ -194,7 +196,9 @@ class FAMCallback(L.Callback):
     def _probe(self, trainer: L.Trainer, stage: str) -> Any:
         if self._probe_batch is None:
             datamodule = trainer.datamodule
-            if datamodule is not None and hasattr(datamodule, "probe_episode"):
+            if datamodule is not None and hasattr(datamodule, "probe_batch"):
+                self._probe_batch = datamodule.probe_batch()
+            elif datamodule is not None and hasattr(datamodule, "probe_episode"):
                 self._probe_batch = datamodule.probe_episode()
             else:
                 loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
@@ -213,7 +217,12 @@ class FAMCallback(L.Callback):
         logger.experiment.add_image(f"{stage}/fam_probe", grid, global_step=trainer.global_step)
 
     def probe_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str = "val") -> Tensor:
-        """(3, H', W') grid: rows of image+box | FAM overlay (frame: correct?) | reference image."""
+        """(3, H', W') grid, one decision per row.
+
+        Columns: image + box | FAM overlay (frame: correct?) | reference image
+        (| the reference's own map against the image, when the model gives
+        its feature maps, as retrieval does).
+        """
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -224,6 +233,12 @@ class FAMCallback(L.Callback):
                 rows = torch.linspace(0, inputs.images.shape[0] - 1, count, device=inputs.images.device).long()
                 inputs = _select(inputs, rows)
                 maps = self.explain(inputs)
+                reference_maps = None
+                if inputs.reference_feature_maps is not None:
+                    reference_maps = self._explainer.from_feature_maps(
+                        inputs.reference_feature_maps, inputs.embeddings.unsqueeze(1),
+                        size=tuple(inputs.reference_images.shape[-2:]),
+                    )
         finally:
             pl_module.train(was_training)
         mean, std = _normalization(trainer)
@@ -233,7 +248,10 @@ class FAMCallback(L.Callback):
         heat = add_border(overlay(images, maps.float(), self.overlay_alpha), inputs.correct)
         columns = [images, heat]
         if inputs.reference_images is not None:
-            columns.append(denormalize(inputs.reference_images.float(), mean, std))
+            references = denormalize(inputs.reference_images.float(), mean, std)
+            columns.append(references)
+            if reference_maps is not None:
+                columns.append(overlay(references, reference_maps.float(), self.overlay_alpha))
         tiles = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: one decision per row
         return make_grid(tiles, nrow=len(columns), padding=2, pad_value=1.0)
 
@@ -254,6 +272,9 @@ def _select(inputs: ExplanationInputs, index: Tensor) -> ExplanationInputs:
         boxes=boxes,
         reference_weights=None if inputs.reference_weights is None else inputs.reference_weights[index],
         reference_images=None if inputs.reference_images is None else inputs.reference_images[index],
+        reference_feature_maps=(
+            None if inputs.reference_feature_maps is None else inputs.reference_feature_maps[index]
+        ),
     )
 
 

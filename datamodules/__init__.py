@@ -11,6 +11,7 @@ from datamodules.cub import (
 )
 from datamodules.episodes import EpisodeDataset
 from datamodules.fewshot import FewShotDataModule
+from datamodules.retrieval import RetrievalDataModule
 from datamodules.synthetic import default_synthetic_root, write_synthetic_cub
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "CUBMetadata",
     "EpisodeDataset",
     "FewShotDataModule",
+    "RetrievalDataModule",
     "default_synthetic_root",
     "fewshot_class_split",
     "read_cub_metadata",

@@ -166,3 +166,32 @@ def _rows_by_class(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     table = torch.full((len(classes), int(sizes.max())), -1, dtype=torch.long)
     table[inverse[order], column] = order
     return classes, table, sizes
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Every ``num_replicas``-th index from ``rank``: each item on exactly one rank, no padding.
+
+    Evaluation over a gallery must not see padded duplicates (Lightning's
+    DistributedSampler pads), so retrieval and kNN eval loaders use this.
+    Ranks may get one item more or less than each other.
+    """
+
+    def __init__(self, length: int, num_replicas: int | None = None, rank: int | None = None) -> None:
+        self.length = length
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def _topology(self) -> tuple[int, int]:
+        if self.num_replicas is not None and self.rank is not None:
+            return self.num_replicas, self.rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def __iter__(self):
+        replicas, rank = self._topology()
+        return iter(range(rank, self.length, replicas))
+
+    def __len__(self) -> int:
+        replicas, rank = self._topology()
+        return len(range(rank, self.length, replicas))

@@ -68,6 +68,9 @@ class ExplanationInputs:
         reference_weights: optional (B, N) weights of the references.
         reference_images: optional (B, 3, H, W) one reference image per decision,
             shown beside the map.
+        reference_feature_maps: optional (B, C, h, w) feature maps of those
+            reference images: the callback then also shows the symmetric map
+            (the reference explained against the query), as for retrieval.
     """
 
     images: Tensor
@@ -78,6 +81,7 @@ class ExplanationInputs:
     boxes: Tensor | list[Tensor] | None = None
     reference_weights: Tensor | None = None
     reference_images: Tensor | None = None
+    reference_feature_maps: Tensor | None = None
 
 
 @runtime_checkable

@@ -1,4 +1,4 @@
-"""Evaluation metrics: localisation (eq. 19, 20), faithfulness (eq. 21, 22), few-shot accuracy."""
+"""Evaluation metrics: localisation (eq. 19, 20), faithfulness (eq. 21, 22), few-shot accuracy, retrieval."""
 
 from fam_lightning.metrics.faithfulness import (
     AverageDrop,
@@ -18,8 +18,12 @@ from fam_lightning.metrics.localization import (
     pad_boxes,
     saliency_to_box,
 )
+from fam_lightning.metrics.retrieval import RecallAtK, map_at_r, recall_at_k
 
 __all__ = [
+    "RecallAtK",
+    "map_at_r",
+    "recall_at_k",
     "AverageDrop",
     "Boxes",
     "EnergyPointingGame",

@@ -1,5 +1,6 @@
 """LightningModules, one per model family, each implementing the SimilarityModel protocol."""
 
 from fam_lightning.models.fewshot import FewShotClassifier, UncertaintyWeighting
+from fam_lightning.models.retrieval import RetrievalModel
 
-__all__ = ["FewShotClassifier", "UncertaintyWeighting"]
+__all__ = ["FewShotClassifier", "RetrievalModel", "UncertaintyWeighting"]

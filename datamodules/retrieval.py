@@ -1,0 +1,195 @@
+"""Metric-learning retrieval data: CUB retrieval split (first half of the classes train, rest test).
+
+Training batches are class-balanced (M classes x K images). Validation and
+test run two passes over the test split: loader 0 embeds every image (the
+gallery, and Recall@K / MAP@R), loader 1 re-reads a fixed subset of queries
+whose top-1 retrievals are explained. Both eval loaders shard the data across
+DDP ranks without padding, so no image is counted twice.
+
+Lightning cannot inject its DistributedSampler into a batch sampler: configs
+using this DataModule set ``trainer.use_distributed_sampler: false`` (the
+samplers here handle ranks themselves).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, CUBDataset, CUBMetadata, read_cub_metadata
+from datamodules.sampler import ClassBalancedBatchSampler, ShardSampler
+from datamodules.synthetic import default_synthetic_root, write_synthetic_cub
+
+
+class IndexedDataset(Dataset):
+    """Adds ``"index"`` (the item's position) to every item dict, and optional flips for training."""
+
+    def __init__(self, dataset: CUBDataset, flip: bool = False) -> None:
+        self.dataset = dataset
+        self.flip = flip
+        self.labels = dataset.labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        item["index"] = index
+        if self.flip and torch.rand(()) < 0.5:
+            width = item["image"].shape[-1]
+            item["image"] = item["image"].flip(-1)
+            x0, y0, x1, y1 = item["box"].unbind()
+            item["box"] = torch.stack([width - x1, y0, width - x0, y1])
+        return item
+
+
+class SubsetDataset(Dataset):
+    """Items ``indices`` of a dataset, keeping their original ``"index"``."""
+
+    def __init__(self, dataset: IndexedDataset, indices: torch.Tensor) -> None:
+        self.dataset = dataset
+        self.indices = indices.tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dataset[self.indices[i]]
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """CUB-layout retrieval data (the synthetic CUB-layout set by default).
+
+    Args:
+        root: CUB-200-2011 root, or None for the synthetic default under ``data_dir``.
+        data_dir: Where the synthetic default lives.
+        image_size: Side of the square images.
+        classes_per_batch: M classes per training batch.
+        samples_per_class: K images per class per training batch.
+        train_batches: Training batches per epoch (per rank).
+        batch_size: Evaluation batch size.
+        explain_queries: Test images whose top-1 retrieval is explained per
+            evaluation (a fixed seeded subset); None explains every image.
+        flip: Random horizontal flips in training (boxes follow).
+        num_workers, pin_memory, cache_images, seed: as in FewShotDataModule.
+        synthetic_*: parameters of the synthetic default.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        data_dir: str = "data",
+        image_size: int = 84,
+        classes_per_batch: int = 8,
+        samples_per_class: int = 4,
+        train_batches: int = 50,
+        batch_size: int = 64,
+        explain_queries: int | None = 256,
+        flip: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        cache_images: bool = True,
+        seed: int = 0,
+        synthetic_classes: int = 64,
+        synthetic_images_per_class: int = 30,
+        synthetic_image_size: int = 96,
+        synthetic_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = root
+        self.data_dir = data_dir
+        self.image_size = image_size
+        self.synthetic_params = {
+            "num_classes": synthetic_classes,
+            "images_per_class": synthetic_images_per_class,
+            "image_size": synthetic_image_size,
+            "seed": synthetic_seed,
+        }
+        self.mean: tuple[float, float, float] = IMAGENET_MEAN
+        self.std: tuple[float, float, float] = IMAGENET_STD
+        self._metadata: CUBMetadata | None = None
+        self._sets: dict[str, IndexedDataset] = {}
+
+    @property
+    def data_root(self) -> Path:
+        if self.root is not None:
+            return Path(self.root)
+        return default_synthetic_root(self.data_dir, **self.synthetic_params)
+
+    def prepare_data(self) -> None:
+        if self.root is None:
+            write_synthetic_cub(self.data_root, **self.synthetic_params)
+
+    @property
+    def metadata(self) -> CUBMetadata:
+        if self._metadata is None:
+            self.prepare_data()
+            self._metadata = read_cub_metadata(self.data_root)
+        return self._metadata
+
+    @property
+    def num_train_classes(self) -> int:
+        """Classes of the training half (the Margin loss's per-class beta)."""
+        return self._split("train").dataset.num_classes
+
+    def setup(self, stage: str | None = None) -> None:
+        self._split("train")
+        self._split("test")
+        if self.hparams.classes_per_batch > self._split("train").dataset.num_classes:
+            raise ValueError(
+                f"classes_per_batch={self.hparams.classes_per_batch} but the training split has only "
+                f"{self._split('train').dataset.num_classes} classes"
+            )
+
+    def _split(self, name: str) -> IndexedDataset:
+        if name not in self._sets:
+            images = CUBDataset(
+                self.data_root, split=name, protocol="retrieval", image_size=self.image_size,
+                mean=self.mean, std=self.std, cache=self.hparams.cache_images, metadata=self.metadata,
+            )
+            self._sets[name] = IndexedDataset(images, flip=self.hparams.flip and name == "train")
+        return self._sets[name]
+
+    def train_dataloader(self) -> DataLoader:
+        train = self._split("train")
+        sampler = ClassBalancedBatchSampler(
+            train.labels, self.hparams.classes_per_batch, self.hparams.samples_per_class,
+            self.hparams.train_batches, seed=self.hparams.seed,
+        )
+        return DataLoader(train, batch_sampler=sampler, num_workers=self.hparams.num_workers,
+                          pin_memory=self.hparams.pin_memory, persistent_workers=self.hparams.num_workers > 0)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=ShardSampler(len(dataset)),
+                          num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory)
+
+    def query_indices(self) -> torch.Tensor:
+        """The fixed subset of test images whose retrievals are explained."""
+        count = len(self._split("test"))
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(self.hparams.seed + 3))
+        limit = self.hparams.explain_queries
+        return order if limit is None else order[: min(limit, count)].sort().values
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """[0] every test image (gallery + Recall@K); [1] the queries to explain."""
+        test = self._split("test")
+        return [self._eval_loader(test), self._eval_loader(SubsetDataset(test, self.query_indices()))]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor:
+        """(len(indices), 3, S, S) test images by index (for showing retrieved images)."""
+        test = self._split("test").dataset
+        return torch.stack([test[i]["image"] for i in indices.tolist()])
+
+    def probe_batch(self) -> dict[str, Any]:
+        """A fixed batch of 8 test queries for visualisation callbacks."""
+        test = self._split("test")
+        items = [test[i] for i in self.query_indices()[:8].tolist()]
+        return torch.utils.data.default_collate(items)
