@@ -1,0 +1,274 @@
+"""Contrastive memory-bank models (NPID, MoCo) classified by a weighted kNN over the bank.
+
+- NPID (Wu et al. 2018): L2-normalised 128-d embeddings through a linear head;
+  a memory bank of every training image, updated with momentum 0.5; the
+  non-parametric softmax is trained with NCE (4096 noise samples, T = 0.07).
+- MoCo (He et al. 2020): momentum key encoder (0.999), a queue of negative keys,
+  InfoNCE at T = 0.07; v1 linear head or v2 MLP head. Simplification: no
+  shuffled BN across GPUs.
+
+Both keep a bank of one embedding per training image (NPID's own bank; for MoCo
+the latest key of each image), and classify by the kNN vote of NPID: the K = 200
+most similar bank entries each vote for their label with weight exp(s / 0.07).
+FAM explains a decision against the predicted class's neighbours among those K,
+weighted by their votes, through the linear (or linearised MLP) head.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from fam_lightning import fam
+from fam_lightning.backbones import create_backbone
+from fam_lightning.knn import KNNIndex
+from fam_lightning.memory import FeatureQueue, MemoryBank, gather_from_all_ranks
+from fam_lightning.protocol import ExplanationInputs
+
+
+class MemoryBankModel(L.LightningModule):
+    """NPID or MoCo with kNN classification, implementing the SimilarityModel protocol.
+
+    Args:
+        method: "npid" or "moco".
+        backbone: registered backbone name or an ``nn.Module`` with ``forward_features``.
+        backbone_slope: LeakyReLU slope of registry backbones (0 = ReLU, as NPID / MoCo).
+        embedding_dim: 128 in both papers.
+        head: "linear" (NPID, MoCo v1) or "mlp" (MoCo v2).
+        bank_size: training images; None reads the datamodule's ``num_train_images``.
+        num_classes: classes of the kNN vote; None reads the datamodule's ``num_classes``.
+        temperature: of NCE / InfoNCE.
+        nce_negatives: NPID noise samples per image.
+        bank_momentum: NPID bank momentum (MoCo's bank is overwritten with keys).
+        encoder_momentum: MoCo key-encoder EMA.
+        queue_size: MoCo negatives; a multiple of the global batch.
+        knn_k, knn_temperature: the kNN classifier (K = 200, T = 0.07).
+        lr, momentum, weight_decay: SGD; cosine schedule over ``trainer.max_epochs``.
+    """
+
+    similarity = "cosine"
+    pooling = "gap"
+    lse_r: float = 10.0
+
+    def __init__(
+        self,
+        method: Literal["npid", "moco"] = "npid",
+        backbone: str | nn.Module = "resnet18",
+        backbone_slope: float = 0.0,
+        embedding_dim: int = 128,
+        head: Literal["linear", "mlp"] = "linear",
+        bank_size: int | None = None,
+        num_classes: int | None = None,
+        temperature: float = 0.07,
+        nce_negatives: int = 4096,
+        bank_momentum: float = 0.5,
+        encoder_momentum: float = 0.999,
+        queue_size: int = 4096,
+        knn_k: int = 200,
+        knn_temperature: float = 0.07,
+        lr: float = 0.03,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
+        self.backbone = create_backbone(backbone, slope=backbone_slope) if isinstance(backbone, str) else backbone
+        channels = self.backbone.out_channels
+        if head == "linear":
+            self.projection: nn.Module = nn.Linear(channels, embedding_dim)
+        else:
+            self.projection = nn.Sequential(
+                nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, embedding_dim)
+            )
+        self.key_backbone: nn.Module | None = None
+        self.key_projection: nn.Module | None = None
+        self.queue: FeatureQueue | None = None
+        if method == "moco":
+            self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+            self.key_projection = copy.deepcopy(self.projection).requires_grad_(False)
+            self.queue = FeatureQueue(queue_size, embedding_dim)
+        self.bank: MemoryBank | None = None
+        if bank_size is not None:
+            self._build_bank(bank_size)
+        self.register_buffer("nce_normalizer", torch.tensor(-1.0))  # NPID's Z, estimated once
+        self.val_top1, self.val_top5 = MeanMetric(), MeanMetric()
+        self._index: KNNIndex | None = None
+
+    # -- protocol -----------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.backbone.forward_features(x)
+
+    def embed(self, feature_maps: Tensor) -> Tensor:
+        """(B, C, h, w) -> (B, D) head output (unnormalised; cosine normalises)."""
+        return fam.embed(fam.pool(feature_maps, self.pooling, self.lse_r), self.projection)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.embed(self.forward_features(x)), dim=1)
+
+    # -- setup --------------------------------------------------------------------------
+    def _build_bank(self, size: int) -> None:
+        momentum = self.hparams.bank_momentum if self.hparams.method == "npid" else 0.0
+        self.bank = MemoryBank(size, self.hparams.embedding_dim, momentum=momentum)
+        self.hparams["bank_size"] = size
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        images = getattr(datamodule, "num_train_images", None)
+        if self.bank is None:
+            if images is None:
+                raise ValueError("MemoryBankModel needs bank_size or a datamodule with num_train_images")
+            self._build_bank(int(images))
+        elif images is not None:
+            self.bank.check_dataset_size(int(images))
+        if self.hparams.num_classes is None and getattr(datamodule, "num_classes", None) is not None:
+            self.hparams["num_classes"] = int(datamodule.num_classes)
+        labels = getattr(datamodule, "train_labels", None)
+        if labels is not None and stage == "fit":
+            self.bank.set_labels(torch.as_tensor(labels, dtype=torch.long))
+
+    def on_train_start(self) -> None:
+        if self.queue is not None:
+            batch = self.trainer.train_dataloader.batch_size
+            if batch is not None:
+                self.queue.check_batch(batch * self.trainer.world_size)
+        if self.hparams.method == "npid" and self.hparams.nce_negatives >= self.bank.size:
+            raise ValueError(
+                f"nce_negatives={self.hparams.nce_negatives} must be smaller than the memory bank "
+                f"({self.bank.size} training images)"
+            )
+
+    # -- training -----------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.hparams.method == "npid":
+            loss = self._npid_step(batch)
+        else:
+            loss = self._moco_step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["index"].shape[0])
+        return loss
+
+    def _npid_step(self, batch: dict[str, Any]) -> Tensor:
+        z = self(batch["image"]).float()  # (B, D), unit rows
+        index = batch["index"]
+        count, negatives = self.bank.size, self.hparams.nce_negatives
+        noise = torch.randint(0, count, (z.shape[0], negatives), device=z.device)
+        samples = torch.cat([index.unsqueeze(1), noise], dim=1)  # (B, 1 + K); column 0 positive
+        weights = self.bank.bank[samples]  # (B, 1 + K, D); indexing copies, so the update below is safe
+        scores = torch.exp(torch.einsum("bkd,bd->bk", weights, z) / self.hparams.temperature)
+        if self.nce_normalizer < 0:  # Z = mean score x N, estimated on the first batch (all ranks)
+            mean = gather_from_all_ranks(scores.detach().mean().reshape(1)).mean()
+            self.nce_normalizer.fill_(float(mean) * count)
+        probs = scores / self.nce_normalizer
+        noise_prob = negatives / count  # K x P_n with a uniform noise distribution
+        positive = torch.log(probs[:, 0] / (probs[:, 0] + noise_prob))
+        negative = torch.log(noise_prob / (probs[:, 1:] + noise_prob)).sum(1)
+        loss = -(positive + negative).mean()
+        self.bank.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
+        return loss
+
+    def _moco_step(self, batch: dict[str, Any]) -> Tensor:
+        q = self(batch["view1"]).float()  # (B, D)
+        with torch.no_grad():
+            self._momentum_update()
+            k = F.normalize(
+                fam.embed(fam.pool(self.key_backbone.forward_features(batch["view2"]), "gap"), self.key_projection),
+                dim=1,
+            ).float()
+        positive = (q * k).sum(1, keepdim=True)  # (B, 1)
+        negative = q @ self.queue.negatives().t()  # (B, K)
+        logits = torch.cat([positive, negative], dim=1) / self.hparams.temperature
+        loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+        keys, index = gather_from_all_ranks(k), gather_from_all_ranks(batch["index"])
+        self.queue.enqueue(keys)
+        self.bank.update(index, keys)  # the kNN bank: the latest key of every image
+        return loss
+
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        m = self.hparams.encoder_momentum
+        for online, target in ((self.backbone, self.key_backbone), (self.projection, self.key_projection)):
+            for p, tp in zip(online.parameters(), target.parameters()):
+                tp.mul_(m).add_(p.detach(), alpha=1 - m)
+            for b, tb in zip(online.buffers(), target.buffers()):
+                tb.copy_(b)
+
+    # -- kNN evaluation -----------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        if int((self.bank.labels < 0).sum()) == self.bank.size:
+            raise ValueError("the memory bank has no labels: the datamodule must expose train_labels")
+        self._index = KNNIndex(backend="torch", metric="cosine")
+        self._index.add(self.bank.bank, self.bank.labels)
+        self.val_top1.reset()
+        self.val_top5.reset()
+
+    def knn(self, embeddings: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(scores (B, C), neighbour rows (B, K), vote weights (B, K)) of the weighted kNN."""
+        k = self.hparams.knn_k
+        if k > self.bank.size:
+            raise ValueError(f"knn_k={k} is larger than the memory bank ({self.bank.size} entries)")
+        return self._index.classify(
+            F.normalize(embeddings.float(), dim=1), k=k, temperature=self.hparams.knn_temperature,
+            num_classes=self.hparams.num_classes,
+        )
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
+        if dataloader_idx != 0:
+            return None  # only the val images are classified (the bank holds the train side)
+        feature_maps = self.forward_features(batch["image"])
+        embeddings = self.embed(feature_maps)
+        scores, rows, votes = self.knn(embeddings)
+        labels = batch["label"]
+        top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
+        self.val_top1.update((top5[:, 0] == labels).float() * 100)
+        self.val_top5.update((top5 == labels.unsqueeze(1)).any(1).float() * 100)
+        return {"explain": self._explanation(batch, feature_maps, embeddings, scores, rows, votes)}
+
+    def _explanation(
+        self, batch: dict[str, Any], feature_maps: Tensor, embeddings: Tensor,
+        scores: Tensor, rows: Tensor, votes: Tensor,
+    ) -> ExplanationInputs:
+        """References: the predicted class's neighbours among the K, weighted by their votes."""
+        predictions = scores.argmax(1)
+        same_class = self.bank.labels[rows] == predictions.unsqueeze(1)  # (B, K)
+        return ExplanationInputs(
+            images=batch["image"],
+            feature_maps=feature_maps,
+            embeddings=embeddings,
+            references=self.bank.bank[rows],  # (B, K, D)
+            reference_weights=votes * same_class,
+            correct=predictions == batch["label"],
+            boxes=batch.get("boxes"),
+        )
+
+    def explanation_inputs(self, batch: dict[str, Any]) -> ExplanationInputs:
+        """Explain kNN decisions; shows the nearest neighbour of the predicted class."""
+        if self._index is None:
+            self.on_validation_epoch_start()
+        feature_maps = self.forward_features(batch["image"])
+        embeddings = self.embed(feature_maps)
+        scores, rows, votes = self.knn(embeddings)
+        inputs = self._explanation(batch, feature_maps, embeddings, scores, rows, votes)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "train_images"):
+            first = (inputs.reference_weights > 0).float().argmax(1)  # best same-class neighbour
+            nearest = rows.gather(1, first.unsqueeze(1)).squeeze(1)
+            inputs.reference_images = datamodule.train_images(nearest).to(self.device)
+        return inputs
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/knn_top1", self.val_top1.compute(), prog_bar=True)
+        self.log("val/knn_top5", self.val_top5.compute())
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay
+        )
+        epochs = self.trainer.max_epochs if self._trainer and self.trainer.max_epochs else 200
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
