@@ -66,14 +66,13 @@ def plain_loop(args: argparse.Namespace, episodes: list[dict], device: torch.dev
     model.train()
     optimizer = model.configure_optimizers()
     dtype = torch.bfloat16 if args.precision.startswith("bf16") else None
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext)
     model.log = lambda *a, **k: None  # the plain loop logs nothing
     start = 0.0
     for step, batch in enumerate(episodes):
         if step == args.warmup:
             sync(device)
             start = time.perf_counter()
-        with autocast() if dtype else contextlib.nullcontext():
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             loss = model.training_step(batch, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -83,22 +82,25 @@ def plain_loop(args: argparse.Namespace, episodes: list[dict], device: torch.dev
 
 
 class StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end, self.device = warmup, 0.0, 0.0, None
+    """From the start of batch ``warmup`` to the end of the last batch: steps only, no epoch-end work."""
+
+    def __init__(self, warmup: int, last: int) -> None:
+        self.warmup, self.last, self.start, self.end = warmup, last, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
             sync(pl_module.device)
             self.start = time.perf_counter()
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        sync(pl_module.device)
-        self.end = time.perf_counter()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.last:
+            sync(pl_module.device)
+            self.end = time.perf_counter()
 
 
 def lightning_loop(args: argparse.Namespace, episodes: list[dict], device: torch.device) -> float:
     model = build_model(args, device)
-    timer = StepTimer(args.warmup)
+    timer = StepTimer(args.warmup, len(episodes) - 1)
     trainer = L.Trainer(
         accelerator=device.type, devices=1, max_epochs=1, precision=args.precision, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

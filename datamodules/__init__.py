@@ -28,3 +28,27 @@ __all__ = [
     "retrieval_class_split",
     "write_synthetic_cub",
 ]
+
+# ImageNet (ILSVRC 2012) layout: reader, synthetic writer, contrastive (NPID / MoCo) data.
+from datamodules.contrastive import ContrastiveDataModule, TwoViewTransform, contrastive_augmentation
+from datamodules.imagenet import (
+    ImageNetDataset,
+    ImageNetIndex,
+    collate_with_boxes,
+    parse_voc_xml,
+    read_imagenet_split,
+)
+from datamodules.synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
+
+__all__ += [
+    "ContrastiveDataModule",
+    "ImageNetDataset",
+    "ImageNetIndex",
+    "TwoViewTransform",
+    "collate_with_boxes",
+    "contrastive_augmentation",
+    "default_synthetic_imagenet_root",
+    "parse_voc_xml",
+    "read_imagenet_split",
+    "write_synthetic_imagenet",
+]

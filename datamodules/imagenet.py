@@ -362,7 +362,7 @@ class ImageNetDataset(Dataset):
         class_names: Display names (LOC_synset_mapping.txt, else the wnids).
         num_classes: Number of classes (of the label order, i.e. of training).
         split: The split name.
-        index: The :class:`ImageNetIndex` read.
+        split_index: The :class:`ImageNetIndex` read.
     """
 
     def __init__(
@@ -376,7 +376,7 @@ class ImageNetDataset(Dataset):
         with_boxes: bool = True,
         cache: bool = False,
         boxes_dir: str | Path | None = None,
-        index: ImageNetIndex | None = None,
+        split_index: ImageNetIndex | None = None,
     ) -> None:
         """Index the split; nothing is decoded yet.
 
@@ -393,7 +393,7 @@ class ImageNetDataset(Dataset):
             cache: Keep decoded, resized uint8 images in memory after first
                 load (per process: each DataLoader worker has its own cache).
             boxes_dir: Annotation folder (see :func:`read_imagenet_split`).
-            index: An already read index of ``root``/``split``, to skip listing.
+            split_index: An already read listing of ``root``/``split``, to skip listing.
 
         Raises:
             FileNotFoundError: If ``root`` or the split folder is missing.
@@ -404,7 +404,9 @@ class ImageNetDataset(Dataset):
             raise ValueError(f"image_size must be >= 1, got {image_size}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std must have 3 entries and std > 0, got mean={mean}, std={std}")
-        self.index = index if index is not None else read_imagenet_split(root, split, boxes_dir, read_boxes=with_boxes)
+        if split_index is None:
+            split_index = read_imagenet_split(root, split, boxes_dir, read_boxes=with_boxes)
+        self.split_index = split_index
         self.root = Path(root)
         self.split = split
         self.image_size = image_size
@@ -412,14 +414,14 @@ class ImageNetDataset(Dataset):
         self.with_boxes = with_boxes
         self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.classes: list[str] = list(self.index.wnids)
-        self.class_names: list[str] = list(self.index.class_names)
+        self.classes: list[str] = list(self.split_index.wnids)
+        self.class_names: list[str] = list(self.split_index.class_names)
         self.num_classes: int = len(self.classes)
-        self.labels: torch.Tensor = torch.tensor(self.index.labels, dtype=torch.long)
+        self.labels: torch.Tensor = torch.tensor(self.split_index.labels, dtype=torch.long)
         self._cache: list[tuple[torch.Tensor, torch.Tensor] | None] | None = [None] * len(self) if cache else None
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.split_index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
@@ -438,9 +440,9 @@ class ImageNetDataset(Dataset):
         """uint8 (3, S, S) image and its (n, 4) boxes in resized pixels, from cache when possible."""
         if self._cache is not None and self._cache[index] is not None:
             return self._cache[index]
-        image, decoded_size = load_resized_image(self.index.paths[index], self.image_size)
-        width, height = self.index.box_sizes[index] or decoded_size
-        boxes = scale_boxes(self.index.boxes[index], width, height, self.image_size)
+        image, decoded_size = load_resized_image(self.split_index.paths[index], self.image_size)
+        width, height = self.split_index.box_sizes[index] or decoded_size
+        boxes = scale_boxes(self.split_index.boxes[index], width, height, self.image_size)
         if self._cache is not None:
             self._cache[index] = (image, boxes)
         return image, boxes

@@ -154,7 +154,7 @@ class FewShotClassifier(L.LightningModule):
         episode_loss = F.cross_entropy(self.logit_scale * out["scores"], batch["query_target"])
         log("train/loss_episode", episode_loss)
         accuracy = (out["scores"].argmax(1) == batch["query_target"]).float().mean()
-        log("train/acc", 100.0 * accuracy, prog_bar=True)
+        log("train/acc", 100.0 * accuracy)
         if self.loss_weighting is None or self.global_head is None:
             loss = episode_loss
         else:
@@ -163,7 +163,8 @@ class FewShotClassifier(L.LightningModule):
             global_loss = F.cross_entropy(self.global_head(pooled), classes)
             loss = self.loss_weighting(torch.stack([episode_loss, global_loss]))
             log("train/loss_global", global_loss)
-        log("train/loss", loss, prog_bar=True)
+        # no prog_bar: a progress-bar metric is read back (a host sync) every step
+        log("train/loss", loss)
         log("train/logit_scale", self.logit_scale.detach())
         return loss
 

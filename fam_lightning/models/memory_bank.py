@@ -149,7 +149,7 @@ class MemoryBankModel(L.LightningModule):
             loss = self._npid_step(batch)
         else:
             loss = self._moco_step(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["index"].shape[0])
+        self.log("train/loss", loss, batch_size=batch["index"].shape[0])
         return loss
 
     def _npid_step(self, batch: dict[str, Any]) -> Tensor:

@@ -98,7 +98,7 @@ class RetrievalModel(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         embeddings = self(batch["image"])
         loss = self.criterion(embeddings, batch["label"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=embeddings.shape[0])
+        self.log("train/loss", loss, batch_size=embeddings.shape[0])
         return loss
 
     # -- evaluation: loader 0 = gallery pass, loader 1 = queries to explain ----------------

@@ -1,0 +1,385 @@
+"""Contrastive training data (NPID, MoCo) over an ImageNet-layout folder (the synthetic one by default).
+
+Training items are augmented views of the training images, each carrying its
+data set index (NPID's memory-bank row)::
+
+    two_views=True  (MoCo):  {"view1": (3, S, S), "view2": (3, S, S), "label": int, "index": int}
+    two_views=False (NPID):  {"image": (3, S, S), "label": int, "index": int}
+
+The augmentation is MoCo v1 / NPID's (He et al. 2020, Wu et al. 2018), with
+MoCo v2's Gaussian blur as an option; see :func:`contrastive_augmentation`.
+Views are cropped from the image at its stored resolution, not from the
+``S x S`` evaluation resize.
+
+Validation is kNN classification of the val images against a bank of
+training embeddings, so ``val_dataloader()`` returns a list of two loaders,
+in this order (``dataloader_idx`` in ``validation_step``)::
+
+    0  val images, un-augmented, with boxes (batched by collate_with_boxes):
+       {"image": (B, 3, S, S), "label": (B,), "index": (B,), "boxes": [(n_i, 4)] * B}
+    1  train images, un-augmented, no boxes, for (re)building the bank:
+       {"image": (B, 3, S, S), "label": (B,), "index": (B,)}
+
+Lightning runs loader 0 to its end before loader 1, so a model that rebuilds
+its bank from loader 1 must keep the val embeddings until
+``on_validation_epoch_end`` (or classify against the bank it keeps while
+training). Evaluation images are whole images resized to ``S x S`` without
+cropping, so boxes stay exact.
+
+Distributed training: these are plain map-style data sets with default
+samplers, so Lightning injects a ``DistributedSampler`` by itself. That
+sampler pads every rank to the same count by repeating the first indices: a
+few val images (at most world size - 1) are counted twice, and a bank rebuilt
+from loader 1 gets those rows twice (the same value written to the same index,
+harmless). Each rank sees only its share of loader 1: gather the embeddings
+and indices across ranks before filling the bank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
+from datamodules.imagenet import ImageNetDataset, ImageNetIndex, collate_with_boxes, load_image, read_imagenet_split
+from datamodules.synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
+
+PROBE_SIZE = 8
+# MoCo v2 blurs 224-pixel crops with sigma in [0.1, 2.0]; the range scales with the crop side.
+BLUR_SIGMA_AT_224 = (0.1, 2.0)
+
+
+def contrastive_augmentation(
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    gaussian_blur: bool = False,
+) -> v2.Compose:
+    """One random view: uint8 (3, H, W) image -> normalised float (3, S, S).
+
+    MoCo v1 / NPID: RandomResizedCrop(S, scale=(0.2, 1.0)), ColorJitter(0.4,
+    0.4, 0.4, 0.1) with p=0.8, RandomGrayscale(p=0.2), RandomHorizontalFlip.
+    With ``gaussian_blur`` (MoCo v2): GaussianBlur with p=0.5 after the
+    grayscale step, kernel ~10% of ``S`` (odd), sigma in ``[0.1, 2.0] x S / 224``.
+
+    Args:
+        image_size: Side ``S`` of the output view.
+        mean: Normalisation mean (images in [0, 1]).
+        std: Normalisation standard deviation.
+        gaussian_blur: Add MoCo v2's blur.
+
+    Returns:
+        The transform (torchvision.transforms.v2, on tensors).
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    steps: list[Callable[..., Any]] = [
+        v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+    ]
+    if gaussian_blur:
+        kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
+        sigma = tuple(s * image_size / 224 for s in BLUR_SIGMA_AT_224)
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=sigma)], p=0.5))
+    steps += [v2.RandomHorizontalFlip(), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+class TwoViewTransform:
+    """Apply one random transform twice, independently: MoCo's query and key views.
+
+    Args:
+        transform: A random transform, e.g. :func:`contrastive_augmentation`.
+    """
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(image), self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform!r})"
+
+
+class ContrastiveViews(Dataset):
+    """Augmented views of the images of an :class:`ImageNetIndex` (see the module docstring for items).
+
+    Args:
+        split_index: The images (a training split).
+        transform: One random view of a uint8 (3, H, W) image.
+        two_views: Two independent views ("view1", "view2") or one ("image").
+        cache: Keep decoded uint8 images at their stored size in memory (per
+            process): only for small data sets such as the synthetic one.
+    """
+
+    def __init__(
+        self,
+        split_index: ImageNetIndex,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        two_views: bool = True,
+        cache: bool = False,
+    ) -> None:
+        super().__init__()
+        self.split_index = split_index
+        self.transform = transform
+        self.two_views = two_views
+        self.labels: torch.Tensor = torch.tensor(split_index.labels, dtype=torch.long)
+        self._cache: list[torch.Tensor | None] | None = [None] * len(split_index) if cache else None
+
+    def __len__(self) -> int:
+        return len(self.split_index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images of split {self.split_index.split!r}")
+        image = self._load(index)
+        if self.two_views:
+            view1, view2 = TwoViewTransform(self.transform)(image)
+            item: dict[str, Any] = {"view1": view1, "view2": view2}
+        else:
+            item = {"image": self.transform(image)}
+        return item | {"label": int(self.labels[index]), "index": index}
+
+    def _load(self, index: int) -> torch.Tensor:
+        if self._cache is None:
+            return load_image(self.split_index.paths[index])
+        if self._cache[index] is None:
+            self._cache[index] = load_image(self.split_index.paths[index])
+        return self._cache[index]
+
+
+class ContrastiveDataModule(L.LightningDataModule):
+    """Augmented training views and kNN evaluation data from an ImageNet-layout folder.
+
+    With ``root=None`` a synthetic ImageNet-layout data set is written once
+    under ``data_dir`` (named by its parameters) and reused afterwards;
+    writing is atomic, so DDP processes that race to write it are safe.
+
+    Args:
+        root: ImageNet root (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``),
+            or None for the synthetic default.
+        data_dir: Where the synthetic default lives.
+        image_size: Side of the square images fed to the model.
+        batch_size: Images per batch, training and evaluation. Training drops
+            the last incomplete batch (MoCo's queue needs a constant size).
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin batches for faster host-to-GPU copies.
+        two_views: Two views per training image (MoCo) or one (NPID).
+        gaussian_blur: Add MoCo v2's Gaussian blur to the augmentation.
+        bank_loader: Return the train-images loader as the second validation
+            loader. False for models that keep their bank up to date while
+            training (NPID), so no epoch re-reads every training image.
+        cache_images: Keep decoded images in memory (per process); for small
+            data sets such as the synthetic one, never for real ImageNet.
+        boxes_dir: Annotation folder for a real root (e.g.
+            ``.../Annotations/CLS-LOC``); default ``root/boxes``.
+        seed: Seed of the training shuffle order (and of the DataLoader
+            workers' seeds). Under DDP Lightning's DistributedSampler orders
+            the data instead, by the global seed.
+        synthetic_classes: Classes of the synthetic default.
+        synthetic_train_per_class: Training images per class of the synthetic default.
+        synthetic_val_per_class: Validation images per class of the synthetic default.
+        synthetic_image_size: Stored image side of the synthetic default.
+        synthetic_seed: Drawing seed of the synthetic default (kept apart from
+            ``seed`` so runs with different seeds share one data set).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        data_dir: str = "data",
+        image_size: int = 224,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        two_views: bool = True,
+        gaussian_blur: bool = False,
+        bank_loader: bool = True,
+        cache_images: bool = False,
+        boxes_dir: str | None = None,
+        seed: int = 0,
+        synthetic_classes: int = 10,
+        synthetic_train_per_class: int = 60,
+        synthetic_val_per_class: int = 20,
+        synthetic_image_size: int = 96,
+        synthetic_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if image_size < 1 or batch_size < 1:
+            raise ValueError(f"image_size and batch_size must be >= 1, got {image_size} and {batch_size}")
+        self.save_hyperparameters()
+        self.root = root
+        self.data_dir = data_dir
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.two_views = two_views
+        self.gaussian_blur = gaussian_blur
+        self.bank_loader = bank_loader
+        self.cache_images = cache_images
+        self.boxes_dir = boxes_dir
+        self.seed = seed
+        self.synthetic_params = {
+            "num_classes": synthetic_classes,
+            "train_per_class": synthetic_train_per_class,
+            "val_per_class": synthetic_val_per_class,
+            "image_size": synthetic_image_size,
+            "seed": synthetic_seed,
+        }
+        # The normalisation applied to every image; visualisation code undoes it.
+        self.mean: tuple[float, float, float] = IMAGENET_MEAN
+        self.std: tuple[float, float, float] = IMAGENET_STD
+        self._indices: dict[str, ImageNetIndex] = {}
+        self._datasets: dict[str, Dataset] = {}
+
+    @property
+    def data_root(self) -> Path:
+        """The ImageNet-layout folder read: ``root``, or the synthetic default's folder."""
+        if self.root is not None:
+            return Path(self.root)
+        return default_synthetic_imagenet_root(self.data_dir, **self.synthetic_params)
+
+    def _ensure_data(self) -> Path:
+        """Write the synthetic default if it is needed and missing; a no-op for a real root."""
+        if self.root is None:
+            write_synthetic_imagenet(self.data_root, **self.synthetic_params)
+        return self.data_root
+
+    def prepare_data(self) -> None:
+        """Write the synthetic default once (on one process per node)."""
+        self._ensure_data()
+
+    def split_index(self, split: str) -> ImageNetIndex:
+        """The listing of "train" (no boxes read) or "val" (boxes read, labels in train's order)."""
+        if split not in self._indices:
+            root = self._ensure_data()
+            if split == "train":
+                self._indices[split] = read_imagenet_split(root, "train", self.boxes_dir, read_boxes=False)
+            else:
+                wnids = self.split_index("train").wnids
+                self._indices[split] = read_imagenet_split(root, split, self.boxes_dir, wnids=wnids)
+        return self._indices[split]
+
+    @property
+    def num_train_images(self) -> int:
+        """Training images (the memory bank's size); readable before ``setup``.
+
+        LightningCLI can link it to the model with ``apply_on="instantiate"``.
+        """
+        return len(self.split_index("train"))
+
+    @property
+    def num_classes(self) -> int:
+        """Training classes (the label range of every loader); readable before ``setup``."""
+        return len(self.split_index("train").wnids)
+
+    @property
+    def train_labels(self) -> torch.Tensor:
+        """LongTensor (num_train_images,): the label of every memory-bank row."""
+        return torch.tensor(self.split_index("train").labels, dtype=torch.long)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the data sets of ``stage`` (all of them for None).
+
+        Raises:
+            ValueError: If a training batch is larger than the training set
+                (with ``drop_last`` there would be no batch at all).
+        """
+        if stage in (None, "fit"):
+            self._train_views()
+            if self.batch_size > self.num_train_images:
+                raise ValueError(
+                    f"batch_size={self.batch_size} exceeds the {self.num_train_images} training images of "
+                    f"{self.data_root}; with drop_last=True there would be no training batch"
+                )
+        if stage in (None, "fit", "validate", "test"):
+            self._eval_set("val")
+            if self.bank_loader:
+                self._eval_set("train")
+
+    def _train_views(self) -> ContrastiveViews:
+        if "views" not in self._datasets:
+            augment = contrastive_augmentation(self.image_size, self.mean, self.std, self.gaussian_blur)
+            self._datasets["views"] = ContrastiveViews(
+                self.split_index("train"), augment, two_views=self.two_views, cache=self.cache_images
+            )
+        return self._datasets["views"]
+
+    def _eval_set(self, split: str) -> ImageNetDataset:
+        if split not in self._datasets:
+            self._datasets[split] = ImageNetDataset(
+                self.data_root,
+                split=split,
+                image_size=self.image_size,
+                mean=self.mean,
+                std=self.std,
+                with_boxes=split == "val",
+                cache=self.cache_images,
+                split_index=self.split_index(split),
+            )
+        return self._datasets[split]
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            collate_fn=None if train else collate_with_boxes,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled augmented views of the training images, last incomplete batch dropped."""
+        return self._loader(self._train_views(), train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[val images with boxes, train images for the bank]`` (the second only with ``bank_loader``)."""
+        loaders = [self._loader(self._eval_set("val"), train=False)]
+        if self.bank_loader:
+            loaders.append(self._loader(self._eval_set("train"), train=False))
+        return loaders
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """The validation loaders: ImageNet's labelled evaluation set is val."""
+        return self.val_dataloader()
+
+    def train_images(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Un-augmented training images by data set index (memory-bank row), e.g. kNN neighbours to show.
+
+        Args:
+            indices: (B,) data set indices of training images.
+
+        Returns:
+            float (B, 3, S, S) on the CPU, normalised like every loader's images.
+        """
+        dataset = self._eval_set("train")
+        rows = torch.as_tensor(indices, dtype=torch.long).flatten().tolist()
+        if not rows:
+            return torch.empty(0, 3, self.image_size, self.image_size)
+        return torch.stack([dataset[r]["image"] for r in rows])
+
+    def probe_batch(self) -> dict[str, Any]:
+        """A fixed batch of ``PROBE_SIZE`` val images with boxes, for visualisation callbacks.
+
+        The images are evenly spaced through the class-major val set, so they
+        span the classes; the same on every call, with or without ``setup``.
+        Keys as in val loader 0.
+        """
+        dataset = self._eval_set("val")
+        count = min(PROBE_SIZE, len(dataset))
+        rows = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
+        return collate_with_boxes([dataset[r] for r in rows])
