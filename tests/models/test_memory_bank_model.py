@@ -1,0 +1,141 @@
+"""MemoryBankModel (NPID, MoCo): training updates, kNN explanation, checkpoint, errors, DDP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from callbacks import FAMCallback
+from fam_lightning.explainers import FAMExplainer
+from fam_lightning.models import MemoryBankModel
+from fam_lightning.similarity import mean_similarity
+from tests.conftest import REPO, read_events, run_cli
+
+
+def _model(method: str = "npid", head: str = "linear") -> MemoryBankModel:
+    torch.manual_seed(0)
+    model = MemoryBankModel(method=method, backbone="conv4", head=head, bank_size=40, num_classes=4,
+                            nce_negatives=16, queue_size=16, knn_k=10)
+    model.bank.set_labels(torch.arange(40) % 4)
+    model.log = lambda *a, **k: None
+    return model
+
+
+def _batch(two_views: bool = False) -> dict:
+    g = torch.Generator().manual_seed(1)
+    batch = {"index": torch.tensor([0, 5, 9, 13, 21, 30, 33, 39]), "label": torch.tensor([0, 1, 1, 1, 1, 2, 1, 3])}
+    if two_views:
+        batch["view1"] = torch.randn(8, 3, 32, 32, generator=g)
+        batch["view2"] = torch.randn(8, 3, 32, 32, generator=g)
+    else:
+        batch["image"] = torch.randn(8, 3, 32, 32, generator=g)
+    return batch
+
+
+def test_npid_step_updates_the_bank_rows_of_the_batch_with_momentum() -> None:
+    model = _model("npid")
+    before = model.bank.bank.clone()
+    batch = _batch()
+    loss = model.training_step(batch, 0)
+    assert torch.isfinite(loss) and model.nce_normalizer > 0
+    loss.backward()
+    changed = (model.bank.bank != before).any(1)
+    assert changed[batch["index"]].all() and changed.sum() == 8
+    torch.testing.assert_close(model.bank.bank.norm(dim=1), torch.ones(40))
+    z = model(batch["image"]).detach()
+    expected = F.normalize(0.5 * before[batch["index"]] + 0.5 * z, dim=1)
+    torch.testing.assert_close(model.bank.bank[batch["index"]], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_moco_step_ema_queue_and_bank() -> None:
+    model = _model("moco", head="mlp")
+    key_before = [p.clone() for p in model.key_backbone.parameters()]
+    online = [p.clone() for p in model.backbone.parameters()]
+    loss = model.training_step(_batch(two_views=True), 0)
+    assert torch.isfinite(loss)
+    m = model.hparams.encoder_momentum
+    for kb, p, ka in zip(key_before, online, model.key_backbone.parameters()):
+        torch.testing.assert_close(ka, m * kb + (1 - m) * p)
+    assert int(model.queue.ptr) == 8
+    assert all(p.grad is None for p in model.key_backbone.parameters())
+
+
+def test_knn_explanation_references_are_the_predicted_class_neighbours() -> None:
+    model = _model("npid").eval()
+    batch = _batch()
+    model.on_validation_epoch_start()
+    with torch.inference_mode():
+        out = model.validation_step(batch, 0)
+    inputs = out["explain"]
+    scores, rows, votes = model.knn(inputs.embeddings)
+    predicted = scores.argmax(1)
+    same = model.bank.labels[rows] == predicted.unsqueeze(1)
+    assert torch.equal(inputs.reference_weights > 0, same & (votes > 0))
+    # FAM weights through the linear head: sum = weighted mean cosine minus the bias share
+    weights = FAMExplainer(model).weights(inputs.feature_maps, inputs.references, inputs.reference_weights)
+    v = inputs.embeddings
+    mix = inputs.reference_weights / inputs.reference_weights.sum(1, keepdim=True)
+    beta = (mix.unsqueeze(2) * F.normalize(inputs.references, dim=2)).sum(1) / v.norm(dim=1, keepdim=True)
+    total = mean_similarity(v, inputs.references, "cosine", inputs.reference_weights)
+    torch.testing.assert_close(weights.sum(1), total - (beta * model.projection.bias).sum(1), atol=1e-5, rtol=1e-4)
+
+
+def test_mlp_head_explanations_inside_inference_mode() -> None:
+    model = _model("moco", head="mlp").eval()
+    model.on_validation_epoch_start()
+    with torch.inference_mode():
+        inputs = model.validation_step(_batch(), 0)["explain"]
+        maps = FAMExplainer(model).from_feature_maps(
+            inputs.feature_maps, inputs.references, inputs.reference_weights, size=(32, 32))
+    assert maps.shape == (8, 32, 32) and torch.isfinite(maps).all()
+
+
+def test_clear_errors() -> None:
+    model = _model("npid")
+    with pytest.raises(ValueError, match="memory bank has 40 entries but the training set has 50"):
+        model.bank.check_dataset_size(50)
+    model.hparams.knn_k = 41
+    model.on_validation_epoch_start()
+    with pytest.raises(ValueError, match="knn_k=41 is larger than the memory bank"):
+        model.knn(torch.randn(2, 128))
+    with pytest.raises(ValueError, match="not divisible"):
+        _model("moco").queue.check_batch(12)
+
+
+def test_checkpoint_restores_bank_and_queue_exactly(tmp_path: Path) -> None:
+    model = _model("moco")
+    model.training_step(_batch(two_views=True), 0)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    restored = MemoryBankModel.load_from_checkpoint(tmp_path / "m.ckpt")
+    for name in ("bank.bank", "bank.labels", "queue.queue", "queue.ptr"):
+        assert torch.equal(restored.state_dict()[name], model.state_dict()[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["npid", "moco"])
+def test_two_process_ddp_fit_every_rank_ends_with_the_same_bank(method: str, tmp_path: Path, data_dir: Path) -> None:
+    dump = tmp_path / "banks"
+    run_cli(
+        ["fit", "--config", str(REPO / "configs" / "contrastive" / f"{method}_synthetic.yaml"),
+         "--data.data_dir", str(data_dir), "--data.image_size", "32", "--data.batch_size", "16",
+         "--data.synthetic_train_per_class", "8", "--data.synthetic_val_per_class", "4",
+         "--model.init_args.knn_k", "10", "--model.init_args.nce_negatives", "16",
+         "--model.init_args.queue_size", "64",
+         "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+         "--trainer.strategy", "ddp", "--trainer.log_every_n_steps", "1",
+         "--trainer.callbacks+=tests.bank_dump.DumpBank", f"--trainer.callbacks.out_dir={dump}"],
+        cwd=tmp_path,
+    )
+    rank0, rank1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert (rank0["labels"] >= 0).all()
+    scalars, images = read_events(tmp_path / "logs" / f"{method}_synthetic" / "version_0")
+    assert "val/knn_top1" in scalars and "val/fam_energy_pointing_game" in scalars
+    assert images["val/fam_probe"]
