@@ -31,7 +31,9 @@ class FAMCallback(L.Callback):
     """Explain validation/test decisions with FAM; log maps and metrics.
 
     Args:
-        explainer: name of the explainer (``fam_lightning.explainers.EXPLAINERS``).
+        explainers: one explainer name or a list (``fam_lightning.explainers.EXPLAINERS``,
+            e.g. ``["fam", "gradcam", "scorecam"]``): each gets a column in the
+            grid and its own metrics, ``<stage>/<name>_<metric>``.
         every_n_epochs: log the probe grid every n validation epochs (the last
             epoch is always logged).
         num_probe_images: probe decisions shown in the grid (fixed across epochs).
@@ -46,7 +48,7 @@ class FAMCallback(L.Callback):
 
     def __init__(
         self,
-        explainer: str = "fam",
+        explainers: str | list[str] = "fam",
         every_n_epochs: int = 1,
         num_probe_images: int = 10,
         metrics: bool = True,
@@ -55,31 +57,29 @@ class FAMCallback(L.Callback):
         iou_threshold: float = 0.2,
         overlay_alpha: float = 0.5,
     ) -> None:
-        if explainer not in EXPLAINERS:
-            raise ValueError(f"unknown explainer {explainer!r}; available: {', '.join(sorted(EXPLAINERS))}")
+        names = [explainers] if isinstance(explainers, str) else list(explainers)
+        unknown = [name for name in names if name not in EXPLAINERS]
+        if unknown or not names:
+            raise ValueError(
+                f"unknown explainer {', '.join(map(repr, unknown)) or '(none given)'}; "
+                f"available: {', '.join(sorted(EXPLAINERS))}"
+            )
         if every_n_epochs < 1 or num_probe_images < 1:
             raise ValueError(
                 f"every_n_epochs and num_probe_images must be >= 1, got {every_n_epochs}, {num_probe_images}"
             )
-        self.explainer_name = explainer
+        self.explainer_names = names
         self.every_n_epochs = every_n_epochs
         self.num_probe_images = num_probe_images
         self.compute_localization = metrics
         self.compute_faithfulness = faithfulness
         self.max_metric_batches = max_metric_batches
         self.overlay_alpha = overlay_alpha
-        self.metrics = nn.ModuleDict(
-            {
-                "energy_pointing_game": EnergyPointingGame(),
-                # a uniform map's energy is the box-area fraction: the chance level FAM must beat
-                "energy_uniform_baseline": EnergyPointingGame(),
-                "iou": LocalizationIoU(threshold=iou_threshold),
-                "average_drop": AverageDrop(),
-                "increase_in_confidence": IncreaseInConfidence(),
-            }
-        )
+        self.metrics = nn.ModuleDict({name: _metric_set(iou_threshold) for name in names})
+        # a uniform map's energy is the box-area fraction: the chance level a map must beat
+        self.uniform_energy = EnergyPointingGame()
         self._probe_batch: Any = None
-        self._explainer: Explainer | None = None
+        self._explainers: dict[str, Explainer] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -89,7 +89,7 @@ class FAMCallback(L.Callback):
                 f"{type(pl_module).__name__} has no explanation_inputs(batch); FAMCallback needs it "
                 "(fam_lightning.protocol.ExplainsDecisions)"
             )
-        self._explainer = EXPLAINERS[self.explainer_name](pl_module)
+        self._explainers = {name: EXPLAINERS[name](pl_module) for name in self.explainer_names}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset(pl_module)
@@ -126,15 +126,21 @@ class FAMCallback(L.Callback):
     # -- metrics ------------------------------------------------------------------------
     def _reset(self, pl_module: L.LightningModule) -> None:
         self.metrics.to(pl_module.device)
-        for metric in self.metrics.values():
+        self.uniform_energy.to(pl_module.device)
+        for metric in [self.uniform_energy, *(m for group in self.metrics.values() for m in group.values())]:
             metric.reset()
 
-    def explain(self, inputs: ExplanationInputs) -> Tensor:
-        """(B, H, W) maps for the decisions in ``inputs``."""
-        assert self._explainer is not None, "FAMCallback.setup has not run"
-        return self._explainer.from_feature_maps(
-            inputs.feature_maps, inputs.references, inputs.reference_weights, size=tuple(inputs.images.shape[-2:])
-        )
+    def explain(self, inputs: ExplanationInputs, name: str | None = None) -> Tensor:
+        """(B, H, W) maps for the decisions in ``inputs`` by explainer ``name`` (the first by default)."""
+        if not self._explainers:
+            raise RuntimeError("FAMCallback.setup has not run")
+        explainer = self._explainers[name or self.explainer_names[0]]
+        if type(explainer).__call__ is Explainer.__call__:  # works from the step's feature maps
+            return explainer.from_feature_maps(
+                inputs.feature_maps, inputs.references, inputs.reference_weights,
+                size=tuple(inputs.images.shape[-2:]),
+            )
+        return explainer(inputs.images, inputs.references, inputs.reference_weights)  # needs its own passes
 
     def _update(self, pl_module: L.LightningModule, outputs: Any, batch_idx: int) -> None:
         if self.max_metric_batches is not None and batch_idx >= self.max_metric_batches:
@@ -154,15 +160,19 @@ class FAMCallback(L.Callback):
         if keep.numel() == 0:
             return
         inputs = _select(inputs, keep)
-        maps = self.explain(inputs)
-        if self.compute_localization and inputs.boxes is not None:
-            self.metrics["energy_pointing_game"].update(maps, inputs.boxes)
-            self.metrics["energy_uniform_baseline"].update(torch.ones_like(maps), inputs.boxes)
-            self.metrics["iou"].update(maps, inputs.boxes)
-        if self.compute_faithfulness:
-            y, o = self.faithfulness_scores(pl_module, inputs, maps)
-            self.metrics["average_drop"].update(y, o)
-            self.metrics["increase_in_confidence"].update(y, o)
+        localize = self.compute_localization and inputs.boxes is not None
+        if localize:
+            size = tuple(inputs.images.shape[-2:])
+            self.uniform_energy.update(inputs.images.new_ones((keep.numel(), *size)), inputs.boxes)
+        for name, metrics in self.metrics.items():
+            maps = self.explain(inputs, name)
+            if localize:
+                metrics["energy_pointing_game"].update(maps, inputs.boxes)
+                metrics["iou"].update(maps, inputs.boxes)
+            if self.compute_faithfulness:
+                y, o = self.faithfulness_scores(pl_module, inputs, maps)
+                metrics["average_drop"].update(y, o)
+                metrics["increase_in_confidence"].update(y, o)
 
     @staticmethod
     def faithfulness_scores(
@@ -177,20 +187,15 @@ class FAMCallback(L.Callback):
         return y, o
 
     def _log_metrics(self, pl_module: L.LightningModule, stage: str) -> None:
-        wanted = {
-            "energy_pointing_game": self.compute_localization,
-            "energy_uniform_baseline": self.compute_localization,
-            "iou": self.compute_localization,
-            "average_drop": self.compute_faithfulness,
-            "increase_in_confidence": self.compute_faithfulness,
-        }
-        for name, metric in self.metrics.items():
-            if not wanted[name]:
-                continue  # every rank takes the same branches: compute() is a collective under DDP
-            value = metric.compute()  # synchronised across DDP ranks by torchmetrics
-            if name in ("energy_pointing_game", "energy_uniform_baseline", "iou"):
-                value = 100.0 * value
-            pl_module.log(f"{stage}/fam_{name}", value, sync_dist=False)
+        # every rank takes the same branches: compute() is a collective under DDP
+        if self.compute_localization:
+            pl_module.log(f"{stage}/fam_energy_uniform_baseline", 100.0 * self.uniform_energy.compute())
+        for explainer, metrics in self.metrics.items():
+            for name, metric in metrics.items():
+                if name in LOCALIZATION and self.compute_localization:
+                    pl_module.log(f"{stage}/{explainer}_{name}", 100.0 * metric.compute())
+                elif name not in LOCALIZATION and self.compute_faithfulness:
+                    pl_module.log(f"{stage}/{explainer}_{name}", metric.compute())
 
     # -- probe grid ---------------------------------------------------------------------
     def _probe(self, trainer: L.Trainer, stage: str) -> Any:
@@ -219,7 +224,7 @@ class FAMCallback(L.Callback):
     def probe_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str = "val") -> Tensor:
         """(3, H', W') grid, one decision per row.
 
-        Columns: image + box | FAM overlay (frame: correct?) | reference image
+        Columns: image + box | one overlay per explainer (frame: correct?) | reference image
         (| the reference's own map against the image, when the model gives
         its feature maps, as retrieval does).
         """
@@ -232,10 +237,10 @@ class FAMCallback(L.Callback):
                 count = min(self.num_probe_images, inputs.images.shape[0])
                 rows = torch.linspace(0, inputs.images.shape[0] - 1, count, device=inputs.images.device).long()
                 inputs = _select(inputs, rows)
-                maps = self.explain(inputs)
+                maps = [self.explain(inputs, name) for name in self.explainer_names]
                 reference_maps = None
                 if inputs.reference_feature_maps is not None:
-                    reference_maps = self._explainer.from_feature_maps(
+                    reference_maps = self._explainers[self.explainer_names[0]].from_feature_maps(
                         inputs.reference_feature_maps, inputs.embeddings.unsqueeze(1),
                         size=tuple(inputs.reference_images.shape[-2:]),
                     )
@@ -245,8 +250,9 @@ class FAMCallback(L.Callback):
         images = denormalize(inputs.images.float(), mean, std)
         if inputs.boxes is not None:
             images = draw_boxes(images, inputs.boxes, color=YELLOW)
-        heat = add_border(overlay(images, maps.float(), self.overlay_alpha), inputs.correct)
-        columns = [images, heat]
+        columns = [images]
+        for explainer_maps in maps:
+            columns.append(add_border(overlay(images, explainer_maps.float(), self.overlay_alpha), inputs.correct))
         if inputs.reference_images is not None:
             references = denormalize(inputs.reference_images.float(), mean, std)
             columns.append(references)
@@ -254,6 +260,20 @@ class FAMCallback(L.Callback):
                 columns.append(overlay(references, reference_maps.float(), self.overlay_alpha))
         tiles = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: one decision per row
         return make_grid(tiles, nrow=len(columns), padding=2, pad_value=1.0)
+
+
+LOCALIZATION = ("energy_pointing_game", "iou")
+
+
+def _metric_set(iou_threshold: float) -> nn.ModuleDict:
+    return nn.ModuleDict(
+        {
+            "energy_pointing_game": EnergyPointingGame(),
+            "iou": LocalizationIoU(threshold=iou_threshold),
+            "average_drop": AverageDrop(),
+            "increase_in_confidence": IncreaseInConfidence(),
+        }
+    )
 
 
 def _select(inputs: ExplanationInputs, index: Tensor) -> ExplanationInputs:

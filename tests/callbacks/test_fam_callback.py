@@ -30,12 +30,12 @@ def test_update_matches_functional_metrics_on_correct_queries() -> None:
         maps = callback.explain(inputs)[keep]
         boxes = batch["query_box"][keep]
     assert keep.numel() > 0
-    got = callback.metrics["energy_pointing_game"].compute()
+    got = callback.metrics["fam"]["energy_pointing_game"].compute()
     torch.testing.assert_close(got.float(), energy_pointing_game(maps, boxes).mean())
-    torch.testing.assert_close(callback.metrics["iou"].compute().float(), localization_iou(maps, boxes).mean())
+    torch.testing.assert_close(callback.metrics["fam"]["iou"].compute().float(), localization_iou(maps, boxes).mean())
     box_fraction = (16 * 16) / (32 * 32)
-    torch.testing.assert_close(callback.metrics["energy_uniform_baseline"].compute().float(), torch.tensor(box_fraction))
-    assert callback.metrics["average_drop"].update_called
+    torch.testing.assert_close(callback.uniform_energy.compute().float(), torch.tensor(box_fraction))
+    assert callback.metrics["fam"]["average_drop"].update_called
 
 
 def test_max_metric_batches_skips_later_batches() -> None:
@@ -43,7 +43,7 @@ def test_max_metric_batches_skips_later_batches() -> None:
     callback.max_metric_batches = 1
     with torch.inference_mode():
         callback._update(model, {"explain": model.explanation_inputs(batch)}, batch_idx=1)
-    assert not callback.metrics["energy_pointing_game"].update_called
+    assert not callback.metrics["fam"]["energy_pointing_game"].update_called
 
 
 def test_probe_grid_restores_train_mode_and_has_three_columns() -> None:
@@ -66,7 +66,7 @@ def test_eval_step_without_explanation_inputs_is_an_error() -> None:
 
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="unknown explainer .no_such_method."):
-        FAMCallback(explainer="no_such_method")
+        FAMCallback(explainers=["fam", "no_such_method"])
     with pytest.raises(ValueError, match="every_n_epochs"):
         FAMCallback(every_n_epochs=0)
     with pytest.raises(TypeError, match="SimilarityModel"):
