@@ -45,6 +45,9 @@ class MemoryBankModel(L.LightningModule):
         num_classes: classes of the kNN vote; None reads the datamodule's ``num_classes``.
         temperature: of NCE / InfoNCE.
         nce_negatives: NPID noise samples per image.
+        npid_loss: "nce" (NPID's noise-contrastive estimation, normaliser Z
+            estimated on the first batch) or "softmax" (cross-entropy over the
+            positive and the sampled entries: a sampled non-parametric softmax).
         bank_momentum: NPID bank momentum (MoCo's bank is overwritten with keys).
         encoder_momentum: MoCo key-encoder EMA.
         queue_size: MoCo negatives; a multiple of the global batch.
@@ -67,6 +70,7 @@ class MemoryBankModel(L.LightningModule):
         num_classes: int | None = None,
         temperature: float = 0.07,
         nce_negatives: int = 4096,
+        npid_loss: Literal["nce", "softmax"] = "nce",
         bank_momentum: float = 0.5,
         encoder_momentum: float = 0.999,
         queue_size: int = 4096,
@@ -159,7 +163,13 @@ class MemoryBankModel(L.LightningModule):
         noise = torch.randint(0, count, (z.shape[0], negatives), device=z.device)
         samples = torch.cat([index.unsqueeze(1), noise], dim=1)  # (B, 1 + K); column 0 positive
         weights = self.bank.bank[samples]  # (B, 1 + K, D); indexing copies, so the update below is safe
-        scores = torch.exp(torch.einsum("bkd,bd->bk", weights, z) / self.hparams.temperature)
+        logits = torch.einsum("bkd,bd->bk", weights, z) / self.hparams.temperature
+        if self.hparams.npid_loss == "softmax":
+            # the non-parametric softmax over the positive and K sampled entries
+            loss = F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
+            self.bank.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
+            return loss
+        scores = torch.exp(logits)
         if self.nce_normalizer < 0:  # Z = mean score x N, estimated on the first batch (all ranks)
             mean = gather_from_all_ranks(scores.detach().mean().reshape(1)).mean()
             self.nce_normalizer.fill_(float(mean) * count)
