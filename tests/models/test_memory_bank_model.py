@@ -126,7 +126,7 @@ def test_two_process_ddp_fit_every_rank_ends_with_the_same_bank(method: str, tmp
          "--data.data_dir", str(data_dir), "--data.image_size", "32", "--data.batch_size", "16",
          "--data.synthetic_train_per_class", "8", "--data.synthetic_val_per_class", "4",
          "--model.init_args.knn_k", "10", "--model.init_args.nce_negatives", "16",
-         "--model.init_args.queue_size", "64",
+         "--model.init_args.queue_size", "64", "--data.num_workers", "0",
          "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
          "--trainer.strategy", "ddp", "--trainer.log_every_n_steps", "1",
          "--trainer.callbacks+=tests.bank_dump.DumpBank", f"--trainer.callbacks.out_dir={dump}"],
