@@ -6,15 +6,16 @@ synthetic CUB-layout data set, prints one Markdown table with, per explainer:
 
 - ms per batch: maps for the 75 queries of one episode, given the feature maps
   the decision already computed (what a callback pays), median of ``--repeats``
-  (explainers with > 10 passes per image: one timed call after no warm-up);
+  (explainers with > 10 backbone passes per image: one call after no warm-up);
 - x forward: that time over the forward time (backbone + embed) of the same
   75 queries, measured in the same run;
 - passes / image: backbone forwards, extra head (pool + projection) forwards,
   head backwards;
 - energy pointing game, IoU, Average Drop, Increase in Confidence (as
-  ``callbacks.FAMCallback``) and deletion / insertion AUC of the raw decision
-  score (``fam_lightning.metrics.deletion_insertion``), on correctly
-  classified queries of ``--episodes`` episodes.
+  ``callbacks.FAMCallback``, but ``Y`` re-embedded in a batch shaped like
+  ``O``'s) and deletion / insertion AUC of the raw decision score
+  (``fam_lightning.metrics.deletion_insertion``), on correctly classified
+  queries of ``--episodes`` episodes.
 
 A uniform map is listed as the chance level of the quality columns.
 
@@ -36,7 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import time_call  # noqa: E402
 from datamodules import FewShotDataModule  # noqa: E402
 from fam_lightning.explainers import EXPLAINERS  # noqa: E402
-from fam_lightning.metrics import average_drop, energy_pointing_game, increase_in_confidence, localization_iou  # noqa: E402
+from fam_lightning.metrics import (  # noqa: E402
+    average_drop,
+    energy_pointing_game,
+    increase_in_confidence,
+    localization_iou,
+)
 from fam_lightning.metrics.deletion_insertion import deletion_insertion_auc  # noqa: E402
 from fam_lightning.models import FewShotClassifier  # noqa: E402
 from fam_lightning.similarity import mean_similarity  # noqa: E402
@@ -64,7 +70,9 @@ def quality(model, explainer, inputs, steps: int) -> dict[str, Tensor]:
     else:
         maps = explainer(images, refs, feature_maps=features)
     with torch.no_grad():
-        y = mean_similarity(inputs.embeddings[keep], refs, model.similarity)
+        # Y re-embeds the same images in a batch of the same shape as O's: batch-size-dependent
+        # kernels (cuDNN, TF32) would otherwise make an unchanged image "increase" half the time.
+        y = mean_similarity(model.embed(model.forward_features(images)), refs, model.similarity)
         masked = images * maps.unsqueeze(1)
         o = mean_similarity(model.embed(model.forward_features(masked)), refs, model.similarity)
         deletion, insertion = deletion_insertion_auc(model, images, maps, refs, steps=steps)
@@ -81,8 +89,8 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=84)
     parser.add_argument("--episodes", type=int, default=3)
     parser.add_argument("--explainers", nargs="+", default=list(EXPLAINERS), choices=sorted(EXPLAINERS))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="deletion / insertion curve steps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -120,7 +128,8 @@ def main() -> None:
         metric = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         row.update(
             energy=f"{100 * metric['energy'].mean():.1f}", iou=f"{100 * metric['iou'].mean():.1f}",
-            ad=f"{average_drop(metric['y'], metric['o']):.1f}", ic=f"{increase_in_confidence(metric['y'], metric['o']):.1f}",
+            ad=f"{average_drop(metric['y'], metric['o']):.1f}",
+            ic=f"{increase_in_confidence(metric['y'], metric['o']):.1f}",
             deletion=f"{metric['deletion'].mean():.3f}", insertion=f"{metric['insertion'].mean():.3f}",
         )
         rows.append(row)

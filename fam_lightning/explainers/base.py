@@ -170,9 +170,11 @@ def at_least_float32(tensor: Tensor) -> Tensor:
 
 
 def decision_scores(
-    model: SimilarityModel, embeddings: Tensor, references: Tensor, reference_weights: Tensor | None = None
+    model: SimilarityModel, embeddings: Tensor, references: Tensor | None, reference_weights: Tensor | None = None
 ) -> Tensor:
     """(B, D) embeddings -> (B,) (weighted) mean similarity to their references: the target."""
+    if references is None:
+        raise ValueError("the decision score needs references (the decision's reference embeddings)")
     refs = references.to(embeddings.dtype)
     weights = None if reference_weights is None else reference_weights.to(embeddings.dtype)
     return mean_similarity(embeddings, refs, model.similarity, weights)

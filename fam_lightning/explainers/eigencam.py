@@ -18,14 +18,27 @@ from fam_lightning.explainers.base import Explainer, at_least_float32, normalize
 
 
 def first_component_projection(feature_maps: Tensor) -> Tensor:
-    """(B, C, h, w) -> (B, h, w) projection of the centred activations on the first principal axis."""
+    """(B, C, h, w) -> (B, h, w) projection of the centred activations on the first principal axis.
+
+    Solved as the top eigenpair of the smaller Gram matrix (``X X^T``, hw x hw,
+    or ``X^T X``, C x C) with ``eigh``: the same projection ``X v = s u`` as the
+    SVD, several times faster than batched SVD for these small matrices on GPU.
+    """
     batch, _, height, width = feature_maps.shape
     x = feature_maps.flatten(2).transpose(1, 2)  # (B, hw, C)
     x = x - x.mean(dim=1, keepdim=True)
-    _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    axis = vh[:, 0]  # (B, C)
-    axis = torch.where(axis.sum(dim=1, keepdim=True) < 0, -axis, axis)
-    return (x @ axis.unsqueeze(2)).view(batch, height, width)
+    if x.shape[1] <= x.shape[2]:
+        values, vectors = torch.linalg.eigh(x @ x.transpose(1, 2))  # ascending eigenvalues
+        u = vectors[:, :, -1]  # (B, hw), the left singular vector
+        projection = u * values[:, -1:].clamp_min(0).sqrt()  # X v = s u
+        axis_sum = (x.transpose(1, 2) @ u.unsqueeze(2)).sum(dim=(1, 2))  # sign of sum(v) = sign of 1^T X^T u
+    else:
+        _, vectors = torch.linalg.eigh(x.transpose(1, 2) @ x)
+        v = vectors[:, :, -1]  # (B, C), the first principal axis
+        projection = (x @ v.unsqueeze(2)).squeeze(2)
+        axis_sum = v.sum(dim=1)
+    projection = torch.where(axis_sum.unsqueeze(1) < 0, -projection, projection)
+    return projection.view(batch, height, width)
 
 
 class EigenCAM(Explainer):

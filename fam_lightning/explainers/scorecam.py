@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fam_lightning.explainers.base import Explainer, Passes, at_least_float32, decision_scores, minmax, weighted_saliency
+from fam_lightning.explainers.base import (
+    Explainer,
+    Passes,
+    at_least_float32,
+    decision_scores,
+    minmax,
+    weighted_saliency,
+)
 from fam_lightning.protocol import SimilarityModel
 
 # (n, D) embeddings of masked images, (n,) index of the sample each came from -> (n,) scores

@@ -1,5 +1,6 @@
 """Evaluation metrics: localisation (eq. 19, 20), faithfulness (eq. 21, 22), few-shot accuracy, retrieval."""
 
+from fam_lightning.metrics.deletion_insertion import DeletionAUC, InsertionAUC, deletion_insertion_auc
 from fam_lightning.metrics.faithfulness import (
     AverageDrop,
     IncreaseInConfidence,
@@ -21,6 +22,9 @@ from fam_lightning.metrics.localization import (
 from fam_lightning.metrics.retrieval import RecallAtK, map_at_r, recall_at_k
 
 __all__ = [
+    "DeletionAUC",
+    "InsertionAUC",
+    "deletion_insertion_auc",
     "RecallAtK",
     "map_at_r",
     "recall_at_k",

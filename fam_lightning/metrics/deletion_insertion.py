@@ -47,7 +47,8 @@ def _baseline(images: Tensor, kind: str) -> Tensor:
 
 def _scores(model: SimilarityModel, images: Tensor, references: Tensor, weights: Tensor | None) -> Tensor:
     embeddings = model.embed(model.forward_features(images)).float()
-    return mean_similarity(embeddings, references.float(), model.similarity, None if weights is None else weights.float())
+    weights = None if weights is None else weights.float()
+    return mean_similarity(embeddings, references.float(), model.similarity, weights)
 
 
 def deletion_insertion_curves(

@@ -71,3 +71,30 @@ def test_bad_arguments_are_named() -> None:
         FAMCallback(every_n_epochs=0)
     with pytest.raises(TypeError, match="SimilarityModel"):
         FAMCallback().setup(SimpleNamespace(), torch.nn.Linear(2, 2), "fit")
+
+
+def test_several_explainers_side_by_side() -> None:
+    model = FewShotClassifier(num_classes=5).eval()
+    names = ["fam", "gradcam", "eigencam", "scorecam"]
+    callback = FAMCallback(explainers=names, num_probe_images=3)
+    callback.setup(SimpleNamespace(), model, "validate")
+    callback._reset(model)
+    batch = make_episode()
+    with torch.inference_mode():
+        callback._update(model, {"explain": model.explanation_inputs(batch)}, batch_idx=0)
+    for name in names:
+        assert callback.metrics[name]["iou"].update_called, name
+        assert callback.metrics[name]["increase_in_confidence"].update_called, name
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(probe_episode=lambda: batch))
+    grid = callback.probe_grid(trainer, model)
+    # image | 4 explainers | reference, 32 px tiles with 2 px padding
+    assert grid.shape[1:] == (3 * 34 + 2, 6 * 34 + 2)
+
+
+def test_unchanged_image_is_no_increase_in_confidence() -> None:
+    """A map of ones leaves the image unchanged: O == Y exactly, so IC is 0 and AD is 0."""
+    callback, model, batch = _setup()
+    with torch.inference_mode():
+        inputs = model.explanation_inputs(batch)
+        y, o = FAMCallback.faithfulness_scores(model, inputs, torch.ones(inputs.images.shape[0], 32, 32))
+    assert torch.equal(y, o)
