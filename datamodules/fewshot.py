@@ -7,21 +7,20 @@ test = novel classes. Every dataloader yields whole episodes
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, CUBDataset, CUBMetadata, fewshot_class_split, read_cub_metadata
+from datamodules.cub import CUBDataset, fewshot_class_split
+from datamodules.cub_source import CUBSource
 from datamodules.episodes import EpisodeDataset
-from datamodules.synthetic import default_synthetic_root, write_synthetic_cub
 
 # Stage name -> few-shot class split.
 _SPLITS = {"train": "base", "val": "val", "test": "novel"}
 
 
-class FewShotDataModule(L.LightningDataModule):
+class FewShotDataModule(CUBSource, L.LightningDataModule):
     """Episodic train / val / test data from a CUB-layout folder.
 
     With ``root=None`` a synthetic CUB-layout data set is written once under
@@ -77,8 +76,9 @@ class FewShotDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.root = root
-        self.data_dir = data_dir
+        self._init_source(
+            root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed
+        )
         self.image_size = image_size
         self.train_ways, self.train_shots, self.train_queries = train_ways, train_shots, train_queries
         self.eval_ways, self.eval_shots, self.eval_queries = eval_ways, eval_shots, eval_queries
@@ -87,42 +87,8 @@ class FewShotDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.cache_images = cache_images
         self.seed = seed
-        self.synthetic_params = {
-            "num_classes": synthetic_classes,
-            "images_per_class": synthetic_images_per_class,
-            "image_size": synthetic_image_size,
-            "seed": synthetic_seed,
-        }
-        # The normalisation applied to every image; visualisation code undoes it.
-        self.mean: tuple[float, float, float] = IMAGENET_MEAN
-        self.std: tuple[float, float, float] = IMAGENET_STD
-        self._metadata: CUBMetadata | None = None
         self._images: dict[str, CUBDataset] = {}
         self._episodes: dict[str, EpisodeDataset] = {}
-
-    @property
-    def data_root(self) -> Path:
-        """The CUB-layout folder read: ``root``, or the synthetic default's folder."""
-        if self.root is not None:
-            return Path(self.root)
-        return default_synthetic_root(self.data_dir, **self.synthetic_params)
-
-    def _ensure_data(self) -> Path:
-        """Write the synthetic default if it is needed and missing; a no-op for a real root."""
-        if self.root is None:
-            write_synthetic_cub(self.data_root, **self.synthetic_params)
-        return self.data_root
-
-    def prepare_data(self) -> None:
-        """Write the synthetic default once (on one process per node)."""
-        self._ensure_data()
-
-    @property
-    def metadata(self) -> CUBMetadata:
-        """Parsed metadata of ``data_root`` (written first for the synthetic default)."""
-        if self._metadata is None:
-            self._metadata = read_cub_metadata(self._ensure_data())
-        return self._metadata
 
     @property
     def num_base_classes(self) -> int:

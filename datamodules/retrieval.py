@@ -13,16 +13,15 @@ samplers here handle ranks themselves).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, CUBDataset, CUBMetadata, read_cub_metadata
+from datamodules.cub import CUBDataset
+from datamodules.cub_source import CUBSource
 from datamodules.sampler import ClassBalancedBatchSampler, ShardSampler
-from datamodules.synthetic import default_synthetic_root, write_synthetic_cub
 
 
 class IndexedDataset(Dataset):
@@ -61,7 +60,7 @@ class SubsetDataset(Dataset):
         return self.dataset[self.indices[i]]
 
 
-class RetrievalDataModule(L.LightningDataModule):
+class RetrievalDataModule(CUBSource, L.LightningDataModule):
     """CUB-layout retrieval data (the synthetic CUB-layout set by default).
 
     Args:
@@ -101,36 +100,11 @@ class RetrievalDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.root = root
-        self.data_dir = data_dir
         self.image_size = image_size
-        self.synthetic_params = {
-            "num_classes": synthetic_classes,
-            "images_per_class": synthetic_images_per_class,
-            "image_size": synthetic_image_size,
-            "seed": synthetic_seed,
-        }
-        self.mean: tuple[float, float, float] = IMAGENET_MEAN
-        self.std: tuple[float, float, float] = IMAGENET_STD
-        self._metadata: CUBMetadata | None = None
+        self._init_source(
+            root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed
+        )
         self._sets: dict[str, IndexedDataset] = {}
-
-    @property
-    def data_root(self) -> Path:
-        if self.root is not None:
-            return Path(self.root)
-        return default_synthetic_root(self.data_dir, **self.synthetic_params)
-
-    def prepare_data(self) -> None:
-        if self.root is None:
-            write_synthetic_cub(self.data_root, **self.synthetic_params)
-
-    @property
-    def metadata(self) -> CUBMetadata:
-        if self._metadata is None:
-            self.prepare_data()
-            self._metadata = read_cub_metadata(self.data_root)
-        return self._metadata
 
     @property
     def num_train_classes(self) -> int:
