@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,21 @@ def test_quickstart_fit_logs_fam_images_and_metrics_then_test_evaluates(tmp_path
     for name in ("test/acc", "test/acc_ci95", "test/fam_energy_pointing_game", "test/fam_iou",
                  "test/fam_average_drop", "test/fam_increase_in_confidence"):
         assert name in out, f"{name} not reported by `train.py test`"
+
+    # evaluate.py: the same evaluation as a row of a paper-style table
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    table = tmp_path / "results" / "fewshot"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), "--config", str(config), *TINY_DATA_ARGS,
+         "--data.data_dir", str(data_dir), "--ckpt_path", str(log_dir / "checkpoints" / "last.ckpt"),
+         "--name", "Conv4", "--table", str(table), "--note", "synthetic data",
+         "--trainer.logger.init_args.name", "table"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (table.with_suffix(".md")).read_text().splitlines()
+    assert rows[0].startswith("| Model | Accuracy (%)") and rows[2].startswith("| Conv4 |")
+    assert "synthetic data" in rows[2]
 
 
 def test_config_typo_is_named(tmp_path: Path) -> None:
