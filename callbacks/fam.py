@@ -42,6 +42,9 @@ class FAMCallback(L.Callback):
             forward pass of the masked correct images per batch).
         max_metric_batches: compute metrics on at most this many batches per
             epoch (None: all), to bound the cost on large validation sets.
+        metrics_every_n_epochs: compute the metrics on every n-th validation
+            epoch only (the last one always; test always): the faithfulness
+            pass costs about one forward pass of the explained images.
         iou_threshold: binarisation threshold of the localisation IoU.
         overlay_alpha: heatmap opacity in the grid.
     """
@@ -54,6 +57,7 @@ class FAMCallback(L.Callback):
         metrics: bool = True,
         faithfulness: bool = True,
         max_metric_batches: int | None = None,
+        metrics_every_n_epochs: int = 1,
         iou_threshold: float = 0.2,
         overlay_alpha: float = 0.5,
     ) -> None:
@@ -64,9 +68,10 @@ class FAMCallback(L.Callback):
                 f"unknown explainer {', '.join(map(repr, unknown)) or '(none given)'}; "
                 f"available: {', '.join(sorted(EXPLAINERS))}"
             )
-        if every_n_epochs < 1 or num_probe_images < 1:
+        if min(every_n_epochs, num_probe_images, metrics_every_n_epochs) < 1:
             raise ValueError(
-                f"every_n_epochs and num_probe_images must be >= 1, got {every_n_epochs}, {num_probe_images}"
+                "every_n_epochs, num_probe_images and metrics_every_n_epochs must be >= 1, got "
+                f"{every_n_epochs}, {num_probe_images}, {metrics_every_n_epochs}"
             )
         self.explainer_names = names
         self.every_n_epochs = every_n_epochs
@@ -74,6 +79,8 @@ class FAMCallback(L.Callback):
         self.compute_localization = metrics
         self.compute_faithfulness = faithfulness
         self.max_metric_batches = max_metric_batches
+        self.metrics_every_n_epochs = metrics_every_n_epochs
+        self._metrics_active = True
         self.overlay_alpha = overlay_alpha
         self.metrics = nn.ModuleDict({name: _metric_set(iou_threshold) for name in names})
         # a uniform map's energy is the box-area fraction: the chance level a map must beat
@@ -92,9 +99,11 @@ class FAMCallback(L.Callback):
         self._explainers = {name: EXPLAINERS[name](pl_module) for name in self.explainer_names}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._metrics_active = _due(trainer, self.metrics_every_n_epochs)
         self._reset(pl_module)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._metrics_active = True
         self._reset(pl_module)
 
     def on_validation_batch_end(
@@ -113,10 +122,9 @@ class FAMCallback(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._log_metrics(pl_module, "val")
-        epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        if epoch % self.every_n_epochs == 0 or last:
+        if self._metrics_active:
+            self._log_metrics(pl_module, "val")
+        if _due(trainer, self.every_n_epochs):
             self._log_probe_grid(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -139,6 +147,8 @@ class FAMCallback(L.Callback):
         return explainer(inputs.images, inputs.references, inputs.reference_weights, feature_maps=inputs.feature_maps)
 
     def _update(self, pl_module: L.LightningModule, outputs: Any, batch_idx: int) -> None:
+        if not self._metrics_active:
+            return
         if self.max_metric_batches is not None and batch_idx >= self.max_metric_batches:
             return
         if not (self.compute_localization or self.compute_faithfulness):
@@ -265,6 +275,13 @@ class FAMCallback(L.Callback):
 
 
 LOCALIZATION = ("energy_pointing_game", "iou")
+
+
+def _due(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """Every n-th epoch, and always the last one."""
+    epoch = trainer.current_epoch
+    last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+    return epoch % every_n_epochs == 0 or last
 
 
 def _metric_set(iou_threshold: float) -> nn.ModuleDict:

@@ -98,3 +98,17 @@ def test_unchanged_image_is_no_increase_in_confidence() -> None:
         inputs = model.explanation_inputs(batch)
         y, o = FAMCallback.faithfulness_scores(model, inputs, torch.ones(inputs.images.shape[0], 32, 32))
     assert torch.equal(y, o)
+
+
+def test_metrics_every_n_epochs_skips_other_epochs() -> None:
+    callback, model, batch = _setup()
+    callback.metrics_every_n_epochs = 2
+    trainer = SimpleNamespace(current_epoch=1, max_epochs=10)
+    callback.on_validation_epoch_start(trainer, model)
+    with torch.inference_mode():
+        callback._update(model, {"explain": model.explanation_inputs(batch)}, batch_idx=0)
+    assert not callback.metrics["fam"]["iou"].update_called
+    callback.on_validation_epoch_start(SimpleNamespace(current_epoch=9, max_epochs=10), model)  # the last epoch
+    with torch.inference_mode():
+        callback._update(model, {"explain": model.explanation_inputs(batch)}, batch_idx=0)
+    assert callback.metrics["fam"]["iou"].update_called
