@@ -209,6 +209,12 @@ class MemoryBankModel(L.LightningModule):
 
     # -- kNN evaluation -----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        self._build_index()
+
+    def on_test_epoch_start(self) -> None:
+        self._build_index()
+
+    def _build_index(self) -> None:
         if int((self.bank.labels < 0).sum()) == self.bank.size:
             raise ValueError("the memory bank has no labels: the datamodule must expose train_labels")
         self._index = KNNIndex(backend="torch", metric="cosine")
@@ -225,6 +231,9 @@ class MemoryBankModel(L.LightningModule):
             F.normalize(embeddings.float(), dim=1), k=k, temperature=self.hparams.knn_temperature,
             num_classes=self.hparams.num_classes,
         )
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
         if dataloader_idx != 0:
@@ -258,7 +267,7 @@ class MemoryBankModel(L.LightningModule):
     def explanation_inputs(self, batch: dict[str, Any]) -> ExplanationInputs:
         """Explain kNN decisions; shows the nearest neighbour of the predicted class."""
         if self._index is None:
-            self.on_validation_epoch_start()
+            self._build_index()
         feature_maps = self.forward_features(batch["image"])
         embeddings = self.embed(feature_maps)
         scores, rows, votes = self.knn(embeddings)
@@ -271,8 +280,14 @@ class MemoryBankModel(L.LightningModule):
         return inputs
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/knn_top1", self.val_top1.compute(), prog_bar=True)
-        self.log("val/knn_top5", self.val_top5.compute())
+        self._log_knn("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_knn("test")
+
+    def _log_knn(self, stage: str) -> None:
+        self.log(f"{stage}/knn_top1", self.val_top1.compute(), prog_bar=True)
+        self.log(f"{stage}/knn_top5", self.val_top5.compute())
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

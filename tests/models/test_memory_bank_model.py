@@ -139,3 +139,12 @@ def test_two_process_ddp_fit_every_rank_ends_with_the_same_bank(method: str, tmp
     scalars, images = read_events(tmp_path / "logs" / f"{method}_synthetic" / "version_0")
     assert "val/knn_top1" in scalars and "val/fam_energy_pointing_game" in scalars
     assert images["val/fam_probe"]
+
+
+def test_test_stage_logs_knn_accuracy(tmp_path: Path) -> None:
+    model = _model("npid").eval()
+    model.on_test_epoch_start()
+    with torch.inference_mode():
+        out = model.test_step(_batch(), 0)
+    assert out["explain"].references.shape == (8, 10, 128)
+    assert model.val_top1.update_called
