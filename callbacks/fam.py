@@ -266,10 +266,13 @@ class FAMCallback(L.Callback):
         for explainer_maps in maps:
             columns.append(add_border(overlay(images, explainer_maps.float(), self.overlay_alpha), inputs.correct))
         if inputs.reference_images is not None:
-            references = denormalize(inputs.reference_images.float(), mean, std)
-            columns.append(references)
-            if reference_maps is not None:
-                columns.append(overlay(references, reference_maps.float(), self.overlay_alpha))
+            shown = inputs.reference_images.float()
+            shown = shown.unsqueeze(1) if shown.dim() == 4 else shown  # (B, R, 3, H, W): R references
+            for r in range(shown.shape[1]):
+                references = denormalize(shown[:, r], mean, std)
+                columns.append(references)
+                if reference_maps is not None and r == 0:
+                    columns.append(overlay(references, reference_maps.float(), self.overlay_alpha))
         tiles = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: one decision per row
         return make_grid(tiles, nrow=len(columns), padding=2, pad_value=1.0)
 

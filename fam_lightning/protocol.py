@@ -67,7 +67,7 @@ class ExplanationInputs:
         boxes: (B, 4) or a list of (n_i, 4) ground-truth boxes, or None.
         reference_weights: optional (B, N) weights of the references.
         reference_images: optional (B, 3, H, W) one reference image per decision,
-            shown beside the map.
+            or (B, R, 3, H, W) several (e.g. kNN neighbours), shown beside the map.
         reference_feature_maps: optional (B, C, h, w) feature maps of those
             reference images: the callback then also shows the symmetric map
             (the reference explained against the query), as for retrieval.

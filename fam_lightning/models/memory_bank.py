@@ -264,8 +264,8 @@ class MemoryBankModel(L.LightningModule):
             boxes=batch.get("boxes"),
         )
 
-    def explanation_inputs(self, batch: dict[str, Any]) -> ExplanationInputs:
-        """Explain kNN decisions; shows the nearest neighbour of the predicted class."""
+    def explanation_inputs(self, batch: dict[str, Any], num_neighbours: int = 3) -> ExplanationInputs:
+        """Explain kNN decisions; shows the strongest voters of the predicted class."""
         if self._index is None:
             self._build_index()
         feature_maps = self.forward_features(batch["image"])
@@ -274,9 +274,11 @@ class MemoryBankModel(L.LightningModule):
         inputs = self._explanation(batch, feature_maps, embeddings, scores, rows, votes)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and hasattr(datamodule, "train_images"):
-            first = (inputs.reference_weights > 0).float().argmax(1)  # best same-class neighbour
-            nearest = rows.gather(1, first.unsqueeze(1)).squeeze(1)
-            inputs.reference_images = datamodule.train_images(nearest).to(self.device)
+            count = min(num_neighbours, rows.shape[1])
+            strongest = inputs.reference_weights.topk(count, dim=1).indices  # (B, R) largest votes
+            nearest = rows.gather(1, strongest)  # bank rows = training image indices
+            images = datamodule.train_images(nearest.flatten())
+            inputs.reference_images = images.view(*nearest.shape, *images.shape[1:]).to(self.device)
         return inputs
 
     def on_validation_epoch_end(self) -> None:

@@ -112,3 +112,18 @@ def test_metrics_every_n_epochs_skips_other_epochs() -> None:
     with torch.inference_mode():
         callback._update(model, {"explain": model.explanation_inputs(batch)}, batch_idx=0)
     assert callback.metrics["fam"]["iou"].update_called
+
+
+def test_probe_grid_shows_several_references_per_decision() -> None:
+    callback, model, batch = _setup()
+    original = model.explanation_inputs
+
+    def with_three_references(b):
+        inputs = original(b)
+        inputs.reference_images = torch.stack([b["query"]] * 3, dim=1)  # (B, 3, 3, H, W)
+        return inputs
+
+    model.explanation_inputs = with_three_references
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(probe_episode=lambda: batch))
+    grid = callback.probe_grid(trainer, model)
+    assert grid.shape[1:] == (4 * 34 + 2, 5 * 34 + 2)  # image | map | 3 references
