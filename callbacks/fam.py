@@ -166,15 +166,17 @@ class FAMCallback(L.Callback):
         if keep.numel() == 0:
             return
         inputs = _select(inputs, keep)
-        localize = self.compute_localization and inputs.boxes is not None
+        boxed, boxes = _annotated(inputs.boxes)
+        localize = self.compute_localization and boxes is not None
         if localize:
             size = tuple(inputs.images.shape[-2:])
-            self.uniform_energy.update(inputs.images.new_ones((keep.numel(), *size)), inputs.boxes)
+            self.uniform_energy.update(inputs.images.new_ones((len(boxes), *size)), boxes)
         for name, metrics in self.metrics.items():
             maps = self.explain(inputs, name)
             if localize:
-                metrics["energy_pointing_game"].update(maps, inputs.boxes)
-                metrics["iou"].update(maps, inputs.boxes)
+                annotated = maps if boxed is None else maps[boxed]
+                metrics["energy_pointing_game"].update(annotated, boxes)
+                metrics["iou"].update(annotated, boxes)
             if self.compute_faithfulness:
                 y, o = self.faithfulness_scores(pl_module, inputs, maps)
                 metrics["average_drop"].update(y, o)
@@ -296,6 +298,22 @@ def _metric_set(iou_threshold: float) -> nn.ModuleDict:
             "increase_in_confidence": IncreaseInConfidence(),
         }
     )
+
+
+def _annotated(boxes: Tensor | list[Tensor] | None) -> tuple[Tensor | None, Tensor | list[Tensor] | None]:
+    """Localisation uses annotated images only: (rows to keep or None for all, their boxes).
+
+    Box lists are host metadata (an image without a VOC file has a (0, 4) entry),
+    so this needs no device sync.
+    """
+    if not isinstance(boxes, list):
+        return None, boxes
+    rows = [i for i, b in enumerate(boxes) if b.shape[0] > 0]
+    if len(rows) == len(boxes):
+        return None, boxes
+    if not rows:
+        return None, None
+    return torch.tensor(rows, device=boxes[rows[0]].device), [boxes[i] for i in rows]
 
 
 def _select(inputs: ExplanationInputs, index: Tensor) -> ExplanationInputs:

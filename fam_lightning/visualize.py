@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fam_lightning.metrics.localization import pad_boxes
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREEN = (0.1, 0.9, 0.1)
@@ -38,13 +40,17 @@ def draw_boxes(
 ) -> Tensor:
     """Draw box outlines ((x0, y0, x1, y1), exclusive ends) on (B, 3, H, W) images in [0, 1]."""
     _, _, height, width = images.shape
-    padded = _pad_boxes(boxes, images.device, images.dtype)  # (B, M, 4), NaN rows are padding
+    if isinstance(boxes, list):  # an image without annotation: a zero-area box draws nothing
+        boxes = [b if b.shape[0] else b.new_zeros(1, 4) for b in boxes]
+    padded, valid = pad_boxes(boxes)  # (B, M, 4), (B, M)
+    padded = padded.to(device=images.device, dtype=images.dtype)
     ys = torch.arange(height, device=images.device, dtype=images.dtype).view(1, 1, height, 1) + 0.5
     xs = torch.arange(width, device=images.device, dtype=images.dtype).view(1, 1, 1, width) + 0.5
     x0, y0, x1, y1 = (padded[..., i].view(*padded.shape[:2], 1, 1) for i in range(4))
     outer = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
     inner = (xs >= x0 + thickness) & (xs < x1 - thickness) & (ys >= y0 + thickness) & (ys < y1 - thickness)
-    outline = (outer & ~inner).any(dim=1, keepdim=True)  # (B, 1, H, W)
+    keep = valid.to(images.device).view(*valid.shape, 1, 1)
+    outline = (outer & ~inner & keep).any(dim=1, keepdim=True)  # (B, 1, H, W)
     paint = images.new_tensor(color).view(1, 3, 1, 1).expand_as(images)
     return torch.where(outline, paint, images)
 
@@ -58,14 +64,3 @@ def add_border(images: Tensor, correct: Tensor, thickness: int = 2) -> Tensor:
         correct.view(-1, 1, 1, 1), images.new_tensor(GREEN).view(1, 3, 1, 1), images.new_tensor(RED).view(1, 3, 1, 1)
     )
     return torch.where(frame, colors.expand_as(images), images)
-
-
-def _pad_boxes(boxes: Tensor | list[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
-    if isinstance(boxes, Tensor):
-        return boxes.to(device=device, dtype=dtype).view(boxes.shape[0], -1, 4)
-    most = max(b.view(-1, 4).shape[0] for b in boxes)
-    out = torch.full((len(boxes), most, 4), float("nan"), device=device, dtype=dtype)
-    for i, b in enumerate(boxes):
-        flat = b.view(-1, 4)
-        out[i, : flat.shape[0]] = flat.to(device=device, dtype=dtype)
-    return out

@@ -127,3 +127,28 @@ def test_probe_grid_shows_several_references_per_decision() -> None:
     trainer = SimpleNamespace(datamodule=SimpleNamespace(probe_episode=lambda: batch))
     grid = callback.probe_grid(trainer, model)
     assert grid.shape[1:] == (4 * 34 + 2, 5 * 34 + 2)  # image | map | 3 references
+
+
+def test_images_without_boxes_are_left_out_of_localisation() -> None:
+    """ImageNet images without a VOC file have (0, 4) boxes: no localisation score, no error."""
+    callback, model, batch = _setup()
+    with torch.inference_mode():
+        inputs = model.explanation_inputs(batch)
+        keep = inputs.correct.nonzero().squeeze(1)
+        n = inputs.images.shape[0]
+        inputs.boxes = [torch.empty(0, 4) if i % 2 else torch.tensor([[4.0, 4.0, 20.0, 20.0]]) for i in range(n)]
+        callback._update(model, {"explain": inputs}, batch_idx=0)
+        annotated = [int(i) for i in keep if int(i) % 2 == 0]
+    assert int(callback.uniform_energy.num_samples) == len(annotated) > 0
+    assert int(callback.metrics["fam"]["iou"].num_samples) == len(annotated)
+    assert int(callback.metrics["fam"]["average_drop"].num_valid) + int(
+        callback.metrics["fam"]["average_drop"].num_excluded) == keep.numel()  # faithfulness uses all
+
+
+def test_draw_boxes_skips_images_without_boxes() -> None:
+    from fam_lightning.visualize import draw_boxes
+
+    images = torch.zeros(2, 3, 10, 10)
+    drawn = draw_boxes(images, [torch.empty(0, 4), torch.tensor([[2.0, 2.0, 8.0, 8.0]])], color=(1.0, 1.0, 1.0))
+    assert drawn[0].sum() == 0
+    assert drawn[1, 0, 2, 2:8].eq(1).all() and drawn[1, 0, 5, 5] == 0
