@@ -14,6 +14,8 @@ Scores are raw similarities by default (as AD / IC use raw ``Y`` and ``O``),
 comparable across explainers of one model. ``normalize=True`` divides each
 curve by the unperturbed score ``S(X)`` (1 = the original decision); samples
 with ``S(X) <= 0`` then get NaN, which the metric classes skip and count.
+A map holding NaN has no pixel order: its curves are NaN (never a number
+from an arbitrary order), and so is any curve through a NaN score.
 
 Baselines live in normalised input space: ``"zeros"`` is the data-set mean
 colour; ``"blur"`` is the image under an 11 x 11 Gaussian blur (sigma 5, as
@@ -100,6 +102,8 @@ def deletion_insertion_curves(
         deletion.append(empty)
         insertion.append(full)
         curves = torch.stack(deletion, dim=1), torch.stack(insertion, dim=1)  # (B, steps + 1)
+        unordered = maps.reshape(batch, pixels).isnan().any(dim=1, keepdim=True)  # (B, 1)
+        curves = tuple(torch.where(unordered, torch.full_like(c, float("nan")), c) for c in curves)
         if normalize:
             scale = torch.where(full > 0, full, torch.full_like(full, float("nan"))).unsqueeze(1)
             curves = curves[0] / scale, curves[1] / scale

@@ -107,3 +107,10 @@ def test_bad_shapes_and_baselines_are_named() -> None:
         deletion_insertion_auc(MODEL, IMAGE, MAP[:, :1], REFS)
     with pytest.raises(ValueError, match="baseline must be one of"):
         deletion_insertion_auc(MODEL, IMAGE, MAP, REFS, baseline="noise")
+
+
+def test_a_nan_map_gives_nan_curves_not_an_arbitrary_order() -> None:
+    maps = torch.cat([MAP, torch.full_like(MAP, float("nan"))])
+    deletion, insertion = deletion_insertion_auc(MODEL, IMAGE.expand(2, 3, 2, 2), maps, REFS.expand(2, 3), steps=4)
+    assert torch.isfinite(deletion[0]) and torch.isfinite(insertion[0])
+    assert deletion[1].isnan() and insertion[1].isnan()

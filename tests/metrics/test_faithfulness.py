@@ -133,3 +133,31 @@ def test_state_lives_on_input_device(metric_cls, device: str) -> None:
     metric.update(Y.to(device), O.to(device))
     for state in (metric.score_sum, metric.num_valid, metric.num_excluded, metric.compute()):
         assert state.device.type == device
+
+
+def test_nan_scores_make_the_result_nan_never_a_number() -> None:
+    """A NaN Y used to fail the y > 0 filter and vanish from the mean; now it poisons it and is counted."""
+    y, o = torch.tensor([2.0, float("nan"), 1.0]), torch.tensor([1.0, 1.0, float("nan")])
+    for fn in (average_drop, increase_in_confidence):
+        assert fn(y, o).isnan()
+    for cls in (AverageDrop, IncreaseInConfidence):
+        metric = cls()
+        metric.update(torch.tensor([2.0]), torch.tensor([1.0]))
+        assert not metric.compute().isnan()
+        metric.update(y, o)
+        assert metric.compute().isnan()
+        assert int(metric.num_nan) == 2 and int(metric.num_valid) == 2 and int(metric.num_excluded) == 0
+        metric.reset()
+        assert int(metric.num_nan) == 0
+
+
+def test_relative_tolerance_ignores_round_off_but_counts_real_increases() -> None:
+    y = torch.tensor([1.0, 1.0, 2.0])
+    o = torch.tensor([1.0 + 1e-7, 1.0 + 1e-3, 2.0 - 1e-7])  # round-off, a real increase, round-off
+    assert increase_in_confidence(y, o).item() == pytest.approx(200 / 3)  # today's strict comparison
+    assert increase_in_confidence(y, o, rtol=1e-5).item() == pytest.approx(100 / 3)
+    metric = IncreaseInConfidence(rtol=1e-5)
+    metric.update(y, o)
+    assert metric.compute().item() == pytest.approx(100 / 3)
+    with pytest.raises(ValueError, match="rtol"):
+        IncreaseInConfidence(rtol=-1.0)
