@@ -1,0 +1,377 @@
+"""Sanity checks of explanations (Adebayo et al. 2018): do the maps depend on what the model learned?
+
+    fam-sanity --ckpt_path logs/.../last.ckpt [--explainers fam gradcam] [--batches 5] [--out sanity.csv]
+    fam-sanity --ckpt_path trained.ckpt --mode data --shuffled_ckpt_path shuffled.ckpt
+
+Works on every family; the model and data module classes (and the data
+module's arguments) are read from the checkpoint. The explained decisions are
+the trained model's own, on the validation data, made by its own eval code:
+
+- few-shot (``episode_forward``): each query against the support images of
+  the class the model predicted;
+- memory bank (``knn``): each image against the bank entries of the predicted
+  class among its K nearest, weighted by their kNN votes;
+- retrieval (``top1``): each query against its top-1 gallery image.
+
+``--mode model`` (default), cascading randomisation: the layers are
+re-initialised from the top (the projection head if any, then the backbone's
+last block first), each with its own ``reset_parameters()``, cumulatively,
+and after every step the same decisions are explained again.
+``--mode data``: the same decisions explained by a model of the same
+architecture trained on shuffled labels (``--shuffled_ckpt_path``).
+
+For every step and explainer the table gives the Spearman rank correlation
+between the trained model's maps and the randomised (or shuffled-label)
+model's maps, averaged over images; an explanation that stays highly
+correlated while the weights it explains are destroyed is not explaining the
+model.
+
+What stays fixed and what is recomputed: the decision (which query, which
+reference images, their kNN vote weights) is the trained model's; every
+embedding is recomputed by the model under test. The trained maps use the
+references the trained model decided with (support embeddings, memory-bank
+entries, gallery embeddings); a randomised model has no bank or gallery of
+its own, so its references are the same reference images embedded by the
+randomised network, and its maps explain its own score for the same decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch.utilities import move_data_to_device
+from torch import Tensor, nn
+
+from fam_lightning.explainers import EXPLAINERS
+from fam_lightning.loading import build_datamodule, load_model, read_checkpoint
+
+DATA_OVERRIDES = ("data_dir", "root", "image_size")
+
+
+# -- rank correlation ---------------------------------------------------------------------
+def average_ranks(values: Tensor) -> Tensor:
+    """(B, n) -> (B, n) 0-based ranks per row: argsort twice, ties given their mean rank."""
+    batch, count = values.shape
+    order = values.argsort(dim=1, stable=True)
+    ordinal = order.argsort(dim=1)  # rank of each element
+    ordered = values.gather(1, order)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = starts.long().cumsum(dim=1) - 1  # tie group of each sorted position
+    positions = torch.arange(count, device=values.device, dtype=torch.float64).expand(batch, count)
+    sums = torch.zeros(batch, count, device=values.device, dtype=torch.float64).scatter_add_(1, group, positions)
+    sizes = torch.zeros_like(sums).scatter_add_(1, group, torch.ones_like(positions))
+    mean_rank = (sums / sizes.clamp_min(1)).gather(1, group)  # in sorted order
+    return mean_rank.gather(1, ordinal)
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation of (B, ...) a and b per sample -> (B,); NaN where a map is constant."""
+    ra = average_ranks(a.flatten(1).double())
+    rb = average_ranks(b.flatten(1).double())
+    ra = ra - ra.mean(dim=1, keepdim=True)
+    rb = rb - rb.mean(dim=1, keepdim=True)
+    denominator = ra.norm(dim=1) * rb.norm(dim=1)
+    return torch.where(denominator > 0, (ra * rb).sum(1) / denominator.clamp_min(1e-300), math.nan)
+
+
+# -- what to randomise --------------------------------------------------------------------
+def randomisation_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules to re-initialise, top first: projection head, then the backbone in reverse order."""
+    def resettable(prefix: str, root: nn.Module) -> list[tuple[str, nn.Module]]:
+        found = [
+            (f"{prefix}.{name}" if name else prefix, module)
+            for name, module in root.named_modules()
+            if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False))
+        ]
+        return found[::-1]
+
+    units: list[tuple[str, nn.Module]] = []
+    projection = getattr(model, "projection", None)
+    if isinstance(projection, nn.Module):
+        units += resettable("projection", projection)
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"{type(model).__name__} has no `backbone` module to randomise")
+    units += resettable("backbone", backbone)
+    return units
+
+
+# -- the decisions to explain, per family ---------------------------------------------------
+@dataclass
+class Decisions:
+    """A batch of the trained model's decisions, held fixed while its weights change.
+
+    Attributes:
+        images: (B, 3, H, W) the images whose decisions are explained.
+        references: (B, N, D) the embeddings the trained model compared them with.
+        reference_images: (R, 3, H, W) every image behind those references.
+        reference_rows: (B, N) long, the row of ``reference_images`` behind each reference.
+        reference_weights: optional (B, N) weights of the references (kNN votes).
+    """
+
+    images: Tensor
+    references: Tensor
+    reference_images: Tensor
+    reference_rows: Tensor
+    reference_weights: Tensor | None = None
+
+
+def fewshot_decisions(model: Any, datamodule: Any, batches: int) -> Iterable[Decisions]:
+    """Queries of the first validation episodes against the support images of their predicted class."""
+    for batch in _first(datamodule.val_dataloader(), batches):
+        batch = move_data_to_device(batch, model.device)
+        out = model.episode_forward(batch)
+        predicted = out["scores"].argmax(1)
+        ways, shots = out["support"].shape[:2]
+        rows = predicted.unsqueeze(1) * shots + torch.arange(shots, device=predicted.device)  # (Q, S)
+        yield Decisions(
+            images=batch["query"],
+            references=out["support"][predicted],  # (Q, S, D)
+            reference_images=batch["support"],
+            reference_rows=rows,
+        )
+
+
+def memory_bank_decisions(model: Any, datamodule: Any, batches: int) -> Iterable[Decisions]:
+    """Validation images against the predicted class's neighbours in the bank, weighted by their votes."""
+    if not hasattr(datamodule, "train_images"):
+        raise TypeError(f"{type(datamodule).__name__} has no train_images(indices): the kNN neighbours' images")
+    model.on_validation_epoch_start()  # the model's own kNN index over its bank
+    loaders = datamodule.val_dataloader()
+    loader = loaders[0] if isinstance(loaders, Sequence) else loaders
+    for index, batch in enumerate(_first(loader, batches)):
+        batch = move_data_to_device(batch, model.device)
+        inputs = model.validation_step(batch, index, 0)["explain"]
+        _, rows, _ = model.knn(inputs.embeddings)  # (B, K) bank rows = training image indices
+        weights = inputs.reference_weights
+        # keep the neighbours that vote for the predicted class (the others weigh 0), strongest first
+        count = max(1, int((weights > 0).sum(1).max()))
+        order = weights.argsort(dim=1, descending=True)[:, :count]
+        rows, weights = rows.gather(1, order), weights.gather(1, order)
+        used = rows[weights > 0].unique()  # sorted
+        yield Decisions(
+            images=batch["image"],
+            references=inputs.references.gather(1, order.unsqueeze(2).expand(-1, -1, inputs.references.shape[2])),
+            reference_images=datamodule.train_images(used.cpu()).to(model.device),
+            reference_rows=torch.searchsorted(used, rows).clamp_max(used.numel() - 1),  # weight-0 rows: any
+            reference_weights=weights,
+        )
+
+
+def retrieval_decisions(model: Any, datamodule: Any, batches: int) -> Iterable[Decisions]:
+    """Queries against their top-1 gallery image; the gallery pass is the model's own (eval loader 0)."""
+    gallery_loader, query_loader = datamodule.val_dataloader()
+    model.on_validation_epoch_start()
+    gallery_indices = []  # data set index of each gallery row, in the order the model stores them
+    for index, batch in enumerate(gallery_loader):
+        batch = move_data_to_device(batch, model.device)
+        model.validation_step(batch, index, 0)
+        gallery_indices.append(batch["index"])
+    gallery_indices = torch.cat(gallery_indices)
+    for index, batch in enumerate(_first(query_loader, batches)):
+        batch = move_data_to_device(batch, model.device)
+        inputs = model.validation_step(batch, index, 1)["explain"]
+        top1 = model.top1(F.normalize(inputs.embeddings, dim=1), batch["index"])  # (B,) gallery rows
+        yield Decisions(
+            images=batch["image"],
+            references=inputs.references,  # (B, 1, D)
+            reference_images=datamodule.images_at(gallery_indices[top1].cpu()).to(model.device),
+            reference_rows=torch.arange(top1.numel(), device=top1.device).unsqueeze(1),
+        )
+
+
+FAMILIES: dict[str, tuple[str, Callable[[Any, Any, int], Iterable[Decisions]]]] = {
+    "few-shot": ("episode_forward", fewshot_decisions),
+    "memory bank": ("knn", memory_bank_decisions),
+    "retrieval": ("top1", retrieval_decisions),
+}
+
+
+def collect_decisions(model: Any, datamodule: Any, batches: int) -> list[Decisions]:
+    """The trained model's decisions on the first ``batches`` validation batches (episodes)."""
+    for method, collect in FAMILIES.values():
+        if hasattr(model, method):
+            datamodule.setup("validate")
+            with torch.no_grad():
+                return list(collect(model, datamodule, batches))
+    known = ", ".join(f"{family} ({method})" for family, (method, _) in FAMILIES.items())
+    raise TypeError(f"{type(model).__name__} is none of the families the sanity check knows: {known}")
+
+
+def _first(loader: Iterable, count: int) -> Iterable:
+    for index, batch in enumerate(loader):
+        if index >= count:
+            return
+        yield batch
+
+
+# -- maps -----------------------------------------------------------------------------------
+def explain_decisions(
+    model: Any, decisions: Decisions, explainers: dict[str, Any], reembed: bool
+) -> dict[str, Tensor]:
+    """(B, H, W) maps per explainer; ``reembed``: references embedded by ``model`` from their images."""
+    with torch.no_grad():
+        feature_maps = model.forward_features(decisions.images)
+        references = decisions.references
+        if reembed:
+            references = model.embed(model.forward_features(decisions.reference_images))[decisions.reference_rows]
+    return {
+        name: explainer(decisions.images, references, decisions.reference_weights, feature_maps=feature_maps)
+        .float().cpu()
+        for name, explainer in explainers.items()
+    }
+
+
+def correlation_rows(
+    step: str, originals: list[dict[str, Tensor]], others: list[dict[str, Tensor]]
+) -> list[dict[str, Any]]:
+    """One row per explainer: mean / std Spearman over images, constant maps counted apart."""
+    rows = []
+    for explainer in originals[0]:
+        rho = torch.cat([spearman(a[explainer], b[explainer]) for a, b in zip(originals, others)])
+        valid = rho[~rho.isnan()]
+        rows.append({
+            "layer": step,
+            "explainer": explainer,
+            "spearman_mean": float(valid.mean()) if valid.numel() else math.nan,
+            "spearman_std": float(valid.std()) if valid.numel() > 1 else math.nan,
+            "num_maps": int(valid.numel()),
+            "num_constant": int(rho.numel() - valid.numel()),
+        })
+    return rows
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The sanity check's rows (layer / step, explainer, Spearman statistics)."""
+    torch.manual_seed(args.seed)
+    model = load_model(args.ckpt_path, args.model_class, args.device)
+    datamodule = build_datamodule(read_checkpoint(args.ckpt_path), args.data_class, data_overrides(args))
+    decisions = collect_decisions(model, datamodule, args.batches)
+    explainers = {name: EXPLAINERS[name](model) for name in args.explainers}
+    originals = [explain_decisions(model, d, explainers, reembed=False) for d in decisions]
+
+    if args.mode == "data":
+        shuffled = load_model(args.shuffled_ckpt_path, args.model_class, args.device)
+        if type(shuffled) is not type(model):
+            raise ValueError(
+                f"--shuffled_ckpt_path holds a {type(shuffled).__name__}, the trained checkpoint a "
+                f"{type(model).__name__}: the data randomisation test compares one architecture"
+            )
+        others = {name: EXPLAINERS[name](shuffled) for name in args.explainers}
+        maps = [explain_decisions(shuffled, d, others, reembed=True) for d in decisions]
+        return correlation_rows("shuffled labels", originals, maps)
+
+    rows = []
+    for name, module in randomisation_order(model):
+        module.reset_parameters()  # cumulative: every earlier (higher) layer stays random
+        maps = [explain_decisions(model, d, explainers, reembed=True) for d in decisions]
+        rows += correlation_rows(name, originals, maps)
+    return rows
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Data module arguments from ``--config``'s ``data`` section and the data flags; single-process loading."""
+    config: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config not found: {path}")
+        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+        config = dict(data.get("init_args", data if "class_path" not in data else {}) or {})
+        if args.data_class is None and "class_path" in data:
+            args.data_class = data["class_path"]
+    for key in DATA_OVERRIDES:
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    config["num_workers"] = 0
+    return config
+
+
+# -- output ---------------------------------------------------------------------------------
+def markdown_table(rows: list[dict[str, Any]], explainers: list[str]) -> str:
+    """One row per randomisation step, one column per explainer (mean Spearman)."""
+    lines = ["| randomised down to | " + " | ".join(explainers) + " |", "|---" * (len(explainers) + 1) + "|"]
+    for layer in dict.fromkeys(row["layer"] for row in rows):
+        values = {row["explainer"]: row["spearman_mean"] for row in rows if row["layer"] == layer}
+        lines.append(f"| {layer} | " + " | ".join(f"{values[e]:.3f}" for e in explainers) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """CSV via a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as tmp:
+            writer = csv.DictWriter(tmp, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fam-sanity", description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by fam-train / train.py")
+    parser.add_argument("--mode", choices=("model", "data"), default="model",
+                        help="model: cascading randomisation of the weights; data: a shuffled-label model")
+    parser.add_argument("--shuffled_ckpt_path", default=None,
+                        help="--mode data: the same architecture trained on shuffled labels")
+    parser.add_argument("--explainers", nargs="+", default=list(EXPLAINERS), choices=list(EXPLAINERS),
+                        help="default: all ten")
+    parser.add_argument("--batches", "--episodes", dest="batches", type=int, default=5,
+                        help="validation batches (few-shot: episodes) whose decisions are explained")
+    parser.add_argument("--config", default=None, help="LightningCLI YAML whose `data` section overrides the "
+                        "checkpoint's data module arguments")
+    parser.add_argument("--data_dir", default=None, help="where the synthetic data lives")
+    parser.add_argument("--root", default=None, help="real data folder (CUB-200-2011 / ImageNet layout)")
+    parser.add_argument("--image_size", type=int, default=None)
+    parser.add_argument("--model_class", default=None, help="override the checkpoint's model class (dotted path)")
+    parser.add_argument("--data_class", default=None, help="override the checkpoint's data module class")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the re-initialisation")
+    parser.add_argument("--out", default=None, help="CSV file for the per-layer results")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.batches < 1:
+        parser.error(f"--batches must be >= 1, got {args.batches}")
+    if args.mode == "data" and not args.shuffled_ckpt_path:
+        parser.error("--mode data needs --shuffled_ckpt_path (a checkpoint of the same model trained on shuffled labels)")
+    for path in (args.ckpt_path, args.shuffled_ckpt_path):
+        if path is not None and not Path(path).is_file():
+            parser.error(f"checkpoint not found: {path}")
+    try:
+        rows = run(args)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        parser.error(str(err))
+    what = "a shuffled-label model" if args.mode == "data" else "cascading randomisation (top layer first)"
+    print(f"Spearman rank correlation of maps, trained vs {what}; lower is better, ~0 = the maps depend on "
+          "the weights")
+    print(markdown_table(rows, args.explainers))
+    if args.out:
+        write_csv(rows, Path(args.out))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
