@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fam_lightning import fam
-from fam_lightning.backbones import create_backbone
+from fam_lightning.backbones import build_backbone
 from fam_lightning.metrics import EpisodeAccuracy
 from fam_lightning.protocol import ExplanationInputs
+from fam_lightning.reliability import NonFiniteCount, ReliableTraining, check_finite_loss, nan_if_nonfinite
 from fam_lightning.similarity import class_scores
 
 EPISODE_KEYS = ("support", "query", "support_target", "query_target", "support_class", "query_class")
@@ -38,7 +39,7 @@ class UncertaintyWeighting(nn.Module):
         return (torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars).sum()
 
 
-class FewShotClassifier(L.LightningModule):
+class FewShotClassifier(ReliableTraining, L.LightningModule):
     """Episodic few-shot learner implementing :class:`fam_lightning.protocol.SimilarityModel`.
 
     Args:
@@ -52,9 +53,15 @@ class FewShotClassifier(L.LightningModule):
         multitask: add the global classification loss (uncertainty-weighted).
         optimizer: "sgd" (momentum 0.9, Nesterov) or "adam".
         lr: learning rate; weight_decay: L2 penalty.
-        scheduler: "cosine" (to zero over ``trainer.max_epochs``) or "none".
+        scheduler: "cosine" (to zero over ``trainer.max_epochs``) or "none". Resuming
+            with another ``max_epochs`` than the run started with stops with an error
+            (:class:`fam_lightning.reliability.ScheduleHorizonError`).
         channels_last: run convolutions in NHWC memory format (faster with
             bf16 on tensor-core GPUs).
+        pretrained_path: local weight file for a backbone given by name (never downloaded):
+            a registered ResNet takes torchvision-layout weights; ``timm:`` / ``torchvision:``
+            backbones take the full model's state_dict (``fam_lightning.backbones.external``).
+        backbone_kwargs: extra arguments of the backbone's factory.
     """
 
     lse_r: float = 10.0
@@ -72,10 +79,12 @@ class FewShotClassifier(L.LightningModule):
         weight_decay: float = 5e-4,
         scheduler: Literal["cosine", "none"] = "cosine",
         channels_last: bool = False,
+        pretrained_path: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
-        self.backbone = create_backbone(backbone) if isinstance(backbone, str) else backbone
+        self.backbone = build_backbone(backbone, pretrained_path, backbone_kwargs)
         if not hasattr(self.backbone, "forward_features"):
             raise TypeError(f"backbone {type(self.backbone).__name__} has no forward_features(x)")
         self.pooling = pooling
@@ -90,6 +99,8 @@ class FewShotClassifier(L.LightningModule):
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.val_accuracy = EpisodeAccuracy()
         self.test_accuracy = EpisodeAccuracy()
+        # queries whose class scores hold inf / NaN: their argmax is no prediction
+        self.val_nonfinite, self.test_nonfinite = NonFiniteCount(), NonFiniteCount()
 
     # -- the SimilarityModel protocol -------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
@@ -159,6 +170,11 @@ class FewShotClassifier(L.LightningModule):
             classes = torch.cat([batch["support_class"], batch["query_class"]])
             global_loss = F.cross_entropy(self.global_head(pooled), classes)
             loss = self.loss_weighting(torch.stack([episode_loss, global_loss]))
+        check_finite_loss(
+            self.global_step, loss,
+            {"loss_episode": episode_loss, "loss_global": global_loss, "logit_scale": self.logit_scale,
+             "log_vars": None if self.loss_weighting is None else self.loss_weighting.log_vars},
+        )
         if self._logging_step():
             log = partial(self.log, batch_size=batch["query_target"].numel())
             log("train/loss", loss)
@@ -177,31 +193,39 @@ class FewShotClassifier(L.LightningModule):
             return True
         return (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.fast_dev_run
 
-    def _eval_step(self, batch: dict[str, Any], accuracy: EpisodeAccuracy, stage: str) -> dict[str, Any]:
+    def _eval_step(
+        self, batch: dict[str, Any], accuracy: EpisodeAccuracy, nonfinite: NonFiniteCount, stage: str
+    ) -> dict[str, Any]:
         out = self.episode_forward(batch)
         predictions = out["scores"].argmax(1)
         accuracy.update(predictions.unsqueeze(0), batch["query_target"].unsqueeze(0))
+        nonfinite.update(out["scores"])
         loss = F.cross_entropy(self.logit_scale * out["scores"], batch["query_target"])
-        self.log(f"{stage}/loss", loss, batch_size=predictions.numel())
+        self.log(f"{stage}/loss", loss, batch_size=predictions.numel(), sync_dist=True)
         return {"loss": loss, "explain": self._explanation_inputs(batch, out, predictions)}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, self.val_accuracy, "val")
+        return self._eval_step(batch, self.val_accuracy, self.val_nonfinite, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, self.test_accuracy, "test")
+        return self._eval_step(batch, self.test_accuracy, self.test_nonfinite, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_accuracy(self.val_accuracy, "val")
+        self._log_accuracy(self.val_accuracy, self.val_nonfinite, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_accuracy(self.test_accuracy, "test")
+        self._log_accuracy(self.test_accuracy, self.test_nonfinite, "test")
 
-    def _log_accuracy(self, metric: EpisodeAccuracy, stage: str) -> None:
+    def _log_accuracy(self, metric: EpisodeAccuracy, nonfinite: NonFiniteCount, stage: str) -> None:
         result = metric.compute()  # synchronised across DDP ranks by torchmetrics
-        self.log(f"{stage}/acc", result["mean"], prog_bar=True)
-        self.log(f"{stage}/acc_ci95", result["ci95"])
+        bad = nonfinite.compute()
+        # Values are already equal on every rank; sync_dist marks them reduced (and silences Lightning).
+        self.log(f"{stage}/acc", nan_if_nonfinite(result["mean"], bad), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/acc_ci95", nan_if_nonfinite(result["ci95"], bad), sync_dist=True)
+        if bad > 0:  # counted and shown, never hidden in an accuracy
+            self.log(f"{stage}/nonfinite_scores", bad.float(), sync_dist=True)
         metric.reset()
+        nonfinite.reset()
 
     # -- explanation --------------------------------------------------------------------
     def _explanation_inputs(

@@ -26,13 +26,14 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from fam_lightning import fam
-from fam_lightning.backbones import create_backbone
+from fam_lightning.backbones import build_backbone
 from fam_lightning.knn import KNNIndex
 from fam_lightning.memory import FeatureQueue, MemoryBank, gather_from_all_ranks
 from fam_lightning.protocol import ExplanationInputs
+from fam_lightning.reliability import NonFiniteCount, ReliableTraining, check_finite_loss, nan_if_nonfinite
 
 
-class MemoryBankModel(L.LightningModule):
+class MemoryBankModel(ReliableTraining, L.LightningModule):
     """NPID or MoCo with kNN classification, implementing the SimilarityModel protocol.
 
     Args:
@@ -52,7 +53,13 @@ class MemoryBankModel(L.LightningModule):
         encoder_momentum: MoCo key-encoder EMA.
         queue_size: MoCo negatives; a multiple of the global batch.
         knn_k, knn_temperature: the kNN classifier (K = 200, T = 0.07).
-        lr, momentum, weight_decay: SGD; cosine schedule over ``trainer.max_epochs``.
+        lr, momentum, weight_decay: SGD; cosine schedule over ``trainer.max_epochs`` (resuming
+            with another ``max_epochs`` stops with ``ScheduleHorizonError``). NPID's noise
+            samples come from the global RNG, reseeded every epoch from (seed, epoch, rank).
+        pretrained_path: local weight file for a backbone given by name (never downloaded):
+            a registered ResNet takes torchvision-layout weights; ``timm:`` / ``torchvision:``
+            backbones take the full model's state_dict (``fam_lightning.backbones.external``).
+        backbone_kwargs: extra arguments of the backbone's factory.
     """
 
     similarity = "cosine"
@@ -79,10 +86,12 @@ class MemoryBankModel(L.LightningModule):
         lr: float = 0.03,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
+        pretrained_path: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
-        self.backbone = create_backbone(backbone, slope=backbone_slope) if isinstance(backbone, str) else backbone
+        self.backbone = build_backbone(backbone, pretrained_path, backbone_kwargs, slope=backbone_slope)
         channels = self.backbone.out_channels
         if head == "linear":
             self.projection: nn.Module = nn.Linear(channels, embedding_dim)
@@ -102,6 +111,7 @@ class MemoryBankModel(L.LightningModule):
             self._build_bank(bank_size)
         self.register_buffer("nce_normalizer", torch.tensor(-1.0))  # NPID's Z, estimated once
         self.val_top1, self.val_top5 = MeanMetric(), MeanMetric()
+        self.val_nonfinite = NonFiniteCount()  # kNN scores with inf / NaN: no vote is counted as a prediction
         self._index: KNNIndex | None = None
 
     # -- protocol -----------------------------------------------------------------------
@@ -153,6 +163,7 @@ class MemoryBankModel(L.LightningModule):
             loss = self._npid_step(batch)
         else:
             loss = self._moco_step(batch)
+        check_finite_loss(self.global_step, loss, {f"{self.hparams.method}_loss": loss})
         self.log("train/loss", loss, batch_size=batch["index"].shape[0])
         return loss
 
@@ -221,6 +232,7 @@ class MemoryBankModel(L.LightningModule):
         self._index.add(self.bank.bank, self.bank.labels)
         self.val_top1.reset()
         self.val_top5.reset()
+        self.val_nonfinite.reset()
 
     def knn(self, embeddings: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(scores (B, C), neighbour rows (B, K), vote weights (B, K)) of the weighted kNN."""
@@ -245,6 +257,7 @@ class MemoryBankModel(L.LightningModule):
         top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
         self.val_top1.update((top5[:, 0] == labels).float() * 100)
         self.val_top5.update((top5 == labels.unsqueeze(1)).any(1).float() * 100)
+        self.val_nonfinite.update(scores)
         return {"explain": self._explanation(batch, feature_maps, embeddings, scores, rows, votes)}
 
     def _explanation(
@@ -288,8 +301,12 @@ class MemoryBankModel(L.LightningModule):
         self._log_knn("test")
 
     def _log_knn(self, stage: str) -> None:
-        self.log(f"{stage}/knn_top1", self.val_top1.compute(), prog_bar=True)
-        self.log(f"{stage}/knn_top5", self.val_top5.compute())
+        bad = self.val_nonfinite.compute()
+        # Metric values are equal on every rank already; sync_dist marks them reduced.
+        self.log(f"{stage}/knn_top1", nan_if_nonfinite(self.val_top1.compute(), bad), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/knn_top5", nan_if_nonfinite(self.val_top5.compute(), bad), sync_dist=True)
+        if bad > 0:  # counted and shown, never hidden in an accuracy
+            self.log(f"{stage}/nonfinite_scores", bad.float(), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -17,15 +17,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fam_lightning import fam
-from fam_lightning.backbones import create_backbone
+from fam_lightning.backbones import build_backbone
 from fam_lightning.distributed import gather_ragged
 from fam_lightning.knn import KNNIndex
 from fam_lightning.losses import MarginLoss, MultiSimilarityLoss
 from fam_lightning.metrics import RecallAtK
 from fam_lightning.protocol import ExplanationInputs
+from fam_lightning.reliability import NonFiniteCount, ReliableTraining, check_finite_loss, nan_if_nonfinite
 
 
-class RetrievalModel(L.LightningModule):
+class RetrievalModel(ReliableTraining, L.LightningModule):
     """Embedding model for image retrieval implementing the SimilarityModel protocol.
 
     Args:
@@ -36,8 +37,13 @@ class RetrievalModel(L.LightningModule):
         num_classes: training classes (Margin loss's per-class beta); None reads
             the datamodule's ``num_train_classes`` at setup.
         lr, weight_decay: Adam(W) settings; the loss's parameters (Margin beta)
-            use ``loss_lr``.
+            use ``loss_lr``. Cosine schedule over ``trainer.max_epochs``; resuming with
+            another ``max_epochs`` stops with ``ScheduleHorizonError``.
         ks: Recall@K cut-offs.
+        pretrained_path: local weight file for a backbone given by name (never downloaded):
+            a registered ResNet takes torchvision-layout weights; ``timm:`` / ``torchvision:``
+            backbones take the full model's state_dict (``fam_lightning.backbones.external``).
+        backbone_kwargs: extra arguments of the backbone's factory.
     """
 
     similarity = "cosine"
@@ -55,10 +61,12 @@ class RetrievalModel(L.LightningModule):
         weight_decay: float = 5e-4,
         max_epochs_hint: int = 100,
         ks: tuple[int, ...] = (1, 2, 4, 8),
+        pretrained_path: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
-        self.backbone = create_backbone(backbone) if isinstance(backbone, str) else backbone
+        self.backbone = build_backbone(backbone, pretrained_path, backbone_kwargs)
         self.pooling = pooling
         self.projection = nn.Linear(self.backbone.out_channels, embedding_dim)
         self.criterion: nn.Module | None = MultiSimilarityLoss() if loss == "ms" else None
@@ -66,6 +74,8 @@ class RetrievalModel(L.LightningModule):
             self._build_margin(num_classes)
         self.val_recall = RecallAtK(ks=ks)
         self.test_recall = RecallAtK(ks=ks)
+        # gallery embeddings with inf / NaN: retrieval among them ranks garbage
+        self.val_nonfinite, self.test_nonfinite = NonFiniteCount(), NonFiniteCount()
         self._gallery: dict[str, Tensor] | None = None
         self._gallery_parts: list[tuple[Tensor, Tensor, Tensor]] = []
         self._index: KNNIndex | None = None
@@ -98,6 +108,7 @@ class RetrievalModel(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         embeddings = self(batch["image"])
         loss = self.criterion(embeddings, batch["label"])
+        check_finite_loss(self.global_step, loss, {f"{self.hparams.loss}_loss": loss})
         self.log("train/loss", loss, batch_size=embeddings.shape[0])
         return loss
 
@@ -112,14 +123,17 @@ class RetrievalModel(L.LightningModule):
         self._gallery, self._gallery_parts, self._index = None, [], None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
-        return self._eval_step(batch, dataloader_idx, self.val_recall)
+        return self._eval_step(batch, dataloader_idx, self.val_recall, self.val_nonfinite)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
-        return self._eval_step(batch, dataloader_idx, self.test_recall)
+        return self._eval_step(batch, dataloader_idx, self.test_recall, self.test_nonfinite)
 
-    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, recall: RecallAtK) -> Any:
+    def _eval_step(
+        self, batch: dict[str, Any], dataloader_idx: int, recall: RecallAtK, nonfinite: NonFiniteCount
+    ) -> Any:
         if dataloader_idx == 0:
             embeddings = F.normalize(self(batch["image"]), dim=1)
+            nonfinite.update(embeddings)
             recall.update(embeddings, batch["label"])
             self._gallery_parts.append((embeddings, batch["label"], batch["index"]))
             return None
@@ -172,15 +186,19 @@ class RetrievalModel(L.LightningModule):
         return self._explain_queries(batch, with_reference=True)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_recall(self.val_recall, "val")
+        self._log_recall(self.val_recall, self.val_nonfinite, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_recall(self.test_recall, "test")
+        self._log_recall(self.test_recall, self.test_nonfinite, "test")
 
-    def _log_recall(self, metric: RecallAtK, stage: str) -> None:
-        for name, value in metric.compute().items():  # synchronised across ranks
-            self.log(f"{stage}/{name}", value.float(), prog_bar=name == "recall@1")
+    def _log_recall(self, metric: RecallAtK, nonfinite: NonFiniteCount, stage: str) -> None:
+        bad = nonfinite.compute()
+        for name, value in metric.compute().items():  # synchronised across ranks; sync_dist marks them reduced
+            self.log(f"{stage}/{name}", nan_if_nonfinite(value, bad), prog_bar=name == "recall@1", sync_dist=True)
+        if bad > 0:  # counted and shown, never hidden in a recall
+            self.log(f"{stage}/nonfinite_scores", bad.float(), sync_dist=True)
         metric.reset()
+        nonfinite.reset()
 
     def configure_optimizers(self) -> Any:
         groups = [
