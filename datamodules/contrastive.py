@@ -48,6 +48,7 @@ from torchvision.transforms import v2
 
 from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
 from datamodules.imagenet import ImageNetDataset, ImageNetIndex, collate_with_boxes, load_image, read_imagenet_split
+from datamodules.drawing import DEFAULT_DISTRACTORS
 from datamodules.synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
 
 PROBE_SIZE = 8
@@ -191,6 +192,8 @@ class ContrastiveDataModule(L.LightningDataModule):
         synthetic_image_size: Stored image side of the synthetic default.
         synthetic_seed: Drawing seed of the synthetic default (kept apart from
             ``seed`` so runs with different seeds share one data set).
+        synthetic_distractors: Distractor objects per image of the synthetic
+            default (never boxed; see :mod:`datamodules.drawing`).
     """
 
     def __init__(
@@ -212,6 +215,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         synthetic_val_per_class: int = 20,
         synthetic_image_size: int = 96,
         synthetic_seed: int = 0,
+        synthetic_distractors: int = DEFAULT_DISTRACTORS,
     ) -> None:
         super().__init__()
         if image_size < 1 or batch_size < 1:
@@ -235,6 +239,7 @@ class ContrastiveDataModule(L.LightningDataModule):
             "val_per_class": synthetic_val_per_class,
             "image_size": synthetic_image_size,
             "seed": synthetic_seed,
+            "distractors": synthetic_distractors,
         }
         # The normalisation applied to every image; visualisation code undoes it.
         self.mean: tuple[float, float, float] = IMAGENET_MEAN

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, CUBMetadata, read_cub_metadata
-from datamodules.synthetic import default_synthetic_root, write_synthetic_cub
+from datamodules.synthetic import DEFAULT_DISTRACTORS, default_synthetic_root, write_synthetic_cub
 
 
 class CUBSource:
@@ -19,7 +19,14 @@ class CUBSource:
     data_dir: str
 
     def _init_source(
-        self, root: str | None, data_dir: str, classes: int, images_per_class: int, image_size: int, seed: int
+        self,
+        root: str | None,
+        data_dir: str,
+        classes: int,
+        images_per_class: int,
+        image_size: int,
+        seed: int,
+        distractors: int = DEFAULT_DISTRACTORS,
     ) -> None:
         self.root = root
         self.data_dir = data_dir
@@ -28,6 +35,7 @@ class CUBSource:
             "images_per_class": images_per_class,
             "image_size": image_size,
             "seed": seed,
+            "distractors": distractors,
         }
         # The normalisation applied to every image; visualisation code undoes it.
         self.mean: tuple[float, float, float] = IMAGENET_MEAN

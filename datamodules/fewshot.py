@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.cub import CUBDataset, fewshot_class_split
 from datamodules.cub_source import CUBSource
+from datamodules.drawing import DEFAULT_DISTRACTORS
 from datamodules.episodes import EpisodeDataset
 
 # Stage name -> few-shot class split.
@@ -49,6 +50,8 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         synthetic_image_size: Stored image side of the synthetic default.
         synthetic_seed: Drawing seed of the synthetic default (kept apart from
             ``seed`` so runs with different seeds share one data set).
+        synthetic_distractors: Distractor objects per image of the synthetic
+            default (never boxed; see :mod:`datamodules.drawing`).
     """
 
     def __init__(
@@ -73,11 +76,13 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         synthetic_images_per_class: int = 30,
         synthetic_image_size: int = 96,
         synthetic_seed: int = 0,
+        synthetic_distractors: int = DEFAULT_DISTRACTORS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._init_source(
-            root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed
+            root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed,
+            synthetic_distractors,
         )
         self.image_size = image_size
         self.train_ways, self.train_shots, self.train_queries = train_ways, train_shots, train_queries

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.cub import CUBDataset
 from datamodules.cub_source import CUBSource
+from datamodules.drawing import DEFAULT_DISTRACTORS
 from datamodules.sampler import ClassBalancedBatchSampler, ShardSampler
 
 
@@ -97,12 +98,14 @@ class RetrievalDataModule(CUBSource, L.LightningDataModule):
         synthetic_images_per_class: int = 30,
         synthetic_image_size: int = 96,
         synthetic_seed: int = 0,
+        synthetic_distractors: int = DEFAULT_DISTRACTORS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.image_size = image_size
         self._init_source(
-            root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed
+            root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed,
+            synthetic_distractors,
         )
         self._sets: dict[str, IndexedDataset] = {}
 

@@ -55,7 +55,7 @@ def test_sizes_are_known_before_setup(datamodule: ContrastiveDataModule) -> None
     assert datamodule.num_train_images == NUM_TRAIN
     assert datamodule.num_classes == 4
     assert datamodule.train_labels.tolist() == torch.arange(4).repeat_interleave(6).tolist()
-    assert datamodule.data_root.name.startswith("synthetic_imagenet-c4-tr6-va3-s40-seed0-v")
+    assert datamodule.data_root.name.startswith("synthetic_imagenet-c4-tr6-va3-s40-d3-seed0-v")
     assert datamodule.mean == IMAGENET_MEAN and datamodule.std == IMAGENET_STD
 
 

@@ -1,4 +1,4 @@
-"""Synthetic ImageNet-layout writer: determinism, atomic writes, tight boxes, readable by the ImageNet reader."""
+"""Synthetic ImageNet-layout writer: determinism, atomic writes, class-object boxes, readable by the ImageNet reader."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import synthetic
+from datamodules import drawing
 from datamodules.imagenet import ImageNetDataset, read_imagenet_split
 from datamodules.synthetic import MARKER_FILE, synthetic_classes, write_synthetic_cub
 from datamodules.synthetic_imagenet import (
@@ -85,55 +85,43 @@ def test_failed_write_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synthetic, "render_sample", explode)
+    monkeypatch.setattr(drawing, "render_scene", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         write_synthetic_imagenet(tmp_path / "imagenet", **TINY)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_boxes_are_tight_and_objects_apart() -> None:
+def test_only_class_objects_are_boxed_among_distractors() -> None:
     classes = synthetic_classes(8, seed=0)
     two = 0
     for k in range(60):
-        sample = render_imagenet_sample(classes[k % 8], 64, np.random.default_rng([5, k]))
-        assert len(sample.masks) == len(sample.boxes) in (1, 2)
-        two += len(sample.boxes) == 2
-        for mask, (x0, y0, x1, y1) in zip(sample.masks, sample.boxes):
+        spec = classes[k % 8]
+        scene = render_imagenet_sample(spec, 64, np.random.default_rng([5, k]))
+        assert len(scene.masks) == len(scene.boxes) in (1, 2)
+        assert all(o.spec == spec for o in scene.objects if o.annotated)
+        assert len(scene.distractors) >= 2 and all(o.spec != spec for o in scene.distractors)
+        two += len(scene.boxes) == 2
+        boxed = np.zeros((64, 64), dtype=bool)
+        for mask, (x0, y0, x1, y1) in zip(scene.masks, scene.boxes):
             ys, xs = np.nonzero(mask)
             assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
-        if len(sample.boxes) == 2:
-            (a0, b0, a1, b1), (c0, d0, c1, d1) = sample.boxes
-            assert a1 <= c0 or c1 <= a0 or b1 <= d0 or d1 <= b0  # the boxes do not meet
+            boxed[y0:y1, x0:x1] = True
+        # Distractors are drawn, but nowhere inside a box.
+        for distractor in scene.distractors:
+            assert distractor.mask.any() and not (distractor.mask[boxed] > 0).any()
     assert 3 <= two <= 25
 
 
-def test_second_object_is_composited_through_its_mask() -> None:
-    spec = synthetic_classes(8, seed=0)[2]
-    for k in range(40):
-        sample = render_imagenet_sample(spec, 64, np.random.default_rng([6, k]))
-        if len(sample.boxes) == 2:
-            break
-    else:
-        pytest.fail("no two-object image in 40 draws")
-    # Redraw both objects from the same stream: the image is the first drawing with the second
-    # object's pixels moved onto it; uncovered pixels are untouched, fully covered ones are the object's.
-    rng = np.random.default_rng([6, k])
-    rng.random()
-    first = synthetic.render_sample(spec, 64, rng)
-    nx, ny, nx1, ny1 = sample.boxes[1]
-    for _ in range(4):  # second objects that found no room were redrawn
-        second = synthetic.render_sample(spec, 64, rng)
-        x, y, w, h = second.box_xywh
-        if (w, h) == (nx1 - nx, ny1 - ny):
-            break
-    moved = np.zeros_like(second.image)
-    moved[ny : ny + h, nx : nx + w] = second.image[y : y + h, x : x + w]
-    assert np.array_equal(sample.masks[1][ny : ny + h, nx : nx + w], second.mask[y : y + h, x : x + w])
-    assert np.array_equal(sample.boxes[0], np.add(first.box_xywh, [0, 0, *first.box_xywh[:2]]))
-    covered, untouched = sample.masks[1] == 255, sample.masks[1] == 0
-    assert covered.any()
-    assert np.array_equal(sample.image[untouched], first.image[untouched])
-    assert np.array_equal(sample.image[covered], moved[covered])
+def test_distractors_reach_the_xml_files_only_as_pixels(tmp_path: Path) -> None:
+    params = {**TINY, "num_classes": 2, "train_per_class": 3, "val_per_class": 2}
+    root = write_synthetic_imagenet(tmp_path / "d5", **params, distractors=5)
+    assert json.loads((root / MARKER_FILE).read_text())["params"]["distractors"] == 5
+    scene = render_imagenet_sample(synthetic_classes(2, seed=3)[1], 40, image_rng(3, "val", 1, 0), distractors=5)
+    item = ImageNetDataset(root, "val", image_size=40)[2]
+    assert torch.equal(item["boxes"], torch.tensor(scene.boxes, dtype=torch.float32))
+    assert len(scene.distractors) >= 3
+    with pytest.raises(ValueError, match="written with"):
+        write_synthetic_imagenet(root, **params, distractors=0)
 
 
 def test_written_boxes_match_the_drawing(tiny_root: Path) -> None:
@@ -153,8 +141,9 @@ def test_default_root_names_every_parameter(tmp_path: Path) -> None:
         tmp_path, num_classes=5, train_per_class=7, val_per_class=2, image_size=32, seed=9
     )
     assert root.parent == tmp_path
-    assert root.name.startswith("synthetic_imagenet-c5-tr7-va2-s32-seed9-v")
-    assert default_synthetic_imagenet_root().name.startswith("synthetic_imagenet-c10-tr60-va20-s96-seed0-v")
+    assert root.name.startswith("synthetic_imagenet-c5-tr7-va2-s32-d3-seed9-v")
+    assert default_synthetic_imagenet_root().name.startswith("synthetic_imagenet-c10-tr60-va20-s96-d3-seed0-v")
+    assert default_synthetic_imagenet_root("data") != default_synthetic_imagenet_root("data", distractors=0)
     assert default_synthetic_imagenet_root("data") != default_synthetic_imagenet_root("data", seed=1)
     with pytest.raises(TypeError, match="bogus"):
         default_synthetic_imagenet_root("data", bogus=1)
