@@ -50,6 +50,9 @@ from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
 from datamodules.imagenet import ImageNetDataset, ImageNetIndex, collate_with_boxes, load_image, read_imagenet_split
 from datamodules.drawing import DEFAULT_DISTRACTORS
 from datamodules.synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
+from fam_lightning.reliability import global_seed, mix_seed
+
+from .sampler import EpochSeededSampler, fit_progress
 
 PROBE_SIZE = 8
 # MoCo v2 blurs 224-pixel crops with sigma in [0.1, 2.0]; the range scales with the crop side.
@@ -139,16 +142,25 @@ class ContrastiveViews(Dataset):
     def __len__(self) -> int:
         return len(self.split_index)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``key``: an index (views from the global RNG), or ``(index, item_seed)``
+        from an ``EpochSeededSampler`` (views a fixed function of the seed, the global RNG untouched)."""
+        index, item_seed = key if isinstance(key, tuple) else (key, None)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images of split {self.split_index.split!r}")
         image = self._load(index)
+        if item_seed is None:
+            return self._views(image) | {"label": int(self.labels[index]), "index": index}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            item = self._views(image)
+        return item | {"label": int(self.labels[index]), "index": index}
+
+    def _views(self, image: torch.Tensor) -> dict[str, Any]:
         if self.two_views:
             view1, view2 = TwoViewTransform(self.transform)(image)
-            item: dict[str, Any] = {"view1": view1, "view2": view2}
-        else:
-            item = {"image": self.transform(image)}
-        return item | {"label": int(self.labels[index]), "index": index}
+            return {"view1": view1, "view2": view2}
+        return {"image": self.transform(image)}
 
     def _load(self, index: int) -> torch.Tensor:
         if self._cache is None:
@@ -183,9 +195,11 @@ class ContrastiveDataModule(L.LightningDataModule):
             data sets such as the synthetic one, never for real ImageNet.
         boxes_dir: Annotation folder for a real root (e.g.
             ``.../Annotations/CLS-LOC``); default ``root/boxes``.
-        seed: Seed of the training shuffle order (and of the DataLoader
-            workers' seeds). Under DDP Lightning's DistributedSampler orders
-            the data instead, by the global seed.
+        seed: Seed of the training order and augmentation: the shuffle of
+            epoch ``e`` and every view of it are fixed functions of
+            ``(seed_everything, seed, e)``, whatever the number of workers, so
+            a resumed run sees exactly the views of the uninterrupted one. Under
+            DDP Lightning splits each epoch's shuffled items across ranks.
         synthetic_classes: Classes of the synthetic default.
         synthetic_train_per_class: Training images per class of the synthetic default.
         synthetic_val_per_class: Validation images per class of the synthetic default.
@@ -335,17 +349,26 @@ class ContrastiveDataModule(L.LightningDataModule):
         return self._datasets[split]
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        sampler = None
+        if train:
+            sampler = EpochSeededSampler(
+                len(dataset), seed=mix_seed(global_seed(), self.seed), shuffle=True, progress=self._progress
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=sampler,
+            # Its own generator: the worker base seed must not come from (and shift) the global RNG.
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
             drop_last=train,
             collate_fn=None if train else collate_with_boxes,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _progress(self) -> tuple[int, int]:
+        return fit_progress(self.trainer, items_per_batch=self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled augmented views of the training images, last incomplete batch dropped."""

@@ -33,7 +33,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, get_worker_info
 
-_MASK64 = (1 << 64) - 1
+from fam_lightning.reliability import mix_seed
+
+__all__ = ["EpisodeDataset", "LabelledDataset", "mix_seed"]
 
 
 class LabelledDataset(Protocol):
@@ -44,20 +46,6 @@ class LabelledDataset(Protocol):
     def __getitem__(self, index: int) -> dict[str, Any]: ...
 
     def __len__(self) -> int: ...
-
-
-def mix_seed(*values: int) -> int:
-    """Mix integers into one well-spread 63-bit seed (SplitMix64 steps).
-
-    Neighbouring inputs such as (seed, 0) and (seed, 1) give unrelated seeds,
-    unlike ``seed + i``, which makes (seed, i + 1) and (seed + 1, i) collide.
-    """
-    state = 0x9E3779B97F4A7C15
-    for value in values:
-        state = (state ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
-        state ^= state >> 29
-    return state >> 1
 
 
 def _global_rank() -> int:
@@ -134,23 +122,36 @@ class EpisodeDataset(Dataset):
     def __len__(self) -> int:
         return self.num_episodes
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Episode ``key``: an index, or ``(index, episode_seed)`` from an ``EpochSeededSampler``.
+
+        With an ``episode_seed`` the episode is a fixed function of it (resumable training
+        episodes); otherwise see ``seed`` in the class docstring.
+        """
+        index, episode_seed = key if isinstance(key, tuple) else (key, None)
         if not 0 <= index < self.num_episodes:
             raise IndexError(f"episode index {index} out of range for {self.num_episodes} episodes")
-        classes, support_rows, query_rows = self.sample_indices(index)
+        classes, support_rows, query_rows = self.sample_indices(index, episode_seed)
         return self._collate(classes, support_rows, query_rows)
 
-    def sample_indices(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample_indices(
+        self, index: int, episode_seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Draw one episode's rows without loading any image.
 
         Args:
             index: Episode index (used only when ``seed`` is set).
+            episode_seed: If given, the episode is drawn from a generator
+                seeded with it (it overrides ``seed`` and the per-process stream).
 
         Returns:
             ``(classes, support_rows, query_rows)``: the split-level class
             label of each way (W,), and data set rows (W*S,), (W*Q,), class-major.
         """
-        generator = self._episode_generator(index)
+        if episode_seed is not None:
+            generator = torch.Generator().manual_seed(episode_seed)
+        else:
+            generator = self._episode_generator(index)
         pick = torch.randperm(len(self._class_rows), generator=generator)[: self.ways]
         support, query = [], []
         for c in pick.tolist():

@@ -10,12 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from datamodules.cub import CUBDataset, fewshot_class_split
 from datamodules.cub_source import CUBSource
 from datamodules.drawing import DEFAULT_DISTRACTORS
 from datamodules.episodes import EpisodeDataset
+from fam_lightning.reliability import global_seed, mix_seed
+
+from .sampler import EpochSeededSampler, fit_progress
 
 # Stage name -> few-shot class split.
 _SPLITS = {"train": "base", "val": "val", "test": "novel"}
@@ -38,7 +42,10 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         eval_ways: Classes per validation / test episode.
         eval_shots: Support images per class in validation / test episodes.
         eval_queries: Query images per class in validation / test episodes.
-        train_episodes: Training episodes per epoch (fresh every epoch).
+        train_episodes: Training episodes per epoch (fresh every epoch: episode
+            ``i`` of epoch ``e`` is a fixed function of ``(seed_everything,
+            seed, e, i)``, so a resumed run draws exactly the episodes of the
+            uninterrupted one and never replays an earlier epoch).
         val_episodes: Validation episodes (the same ones every epoch).
         test_episodes: Test episodes (fixed by ``seed``).
         num_workers: DataLoader worker processes.
@@ -132,7 +139,7 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         if name not in self._episodes:
             images = self._image_set(name)
             if name == "train":
-                # seed=None: fresh episodes every epoch, different per worker and rank.
+                # Episodes come seeded from the sampler keys (train_dataloader), fresh every epoch.
                 episodes = EpisodeDataset(
                     images, self.train_ways, self.train_shots, self.train_queries, self.train_episodes, seed=None
                 )
@@ -143,20 +150,28 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
             self._episodes[name] = episodes
         return self._episodes[name]
 
-    def _loader(self, episodes: EpisodeDataset) -> DataLoader:
+    def _loader(self, episodes: EpisodeDataset, sampler: EpochSeededSampler | None = None) -> DataLoader:
         # batch_size=None: every item is already a whole collated episode.
         return DataLoader(
             episodes,
             batch_size=None,
             shuffle=False,
+            sampler=sampler,
+            # Its own generator: the worker base seed must not come from (and shift) the global RNG.
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Fresh base-class episodes every epoch."""
-        return self._loader(self._episode_set("train"))
+        """Fresh base-class episodes every epoch, each a function of (seeds, epoch, episode index)."""
+        episodes = self._episode_set("train")
+        sampler = EpochSeededSampler(len(episodes), seed=mix_seed(global_seed(), self.seed), progress=self._progress)
+        return self._loader(episodes, sampler)
+
+    def _progress(self) -> tuple[int, int]:
+        return fit_progress(self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         """The same val-class episodes every epoch."""

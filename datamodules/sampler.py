@@ -34,16 +34,17 @@ to rebuild this sampler around a ``DistributedSampler`` and raises a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from datamodules.episodes import mix_seed
+from fam_lightning.reliability import mix_seed
 
-__all__ = ["ClassBalancedBatchSampler"]
+__all__ = ["ClassBalancedBatchSampler", "EpochSeededSampler", "ShardSampler", "fit_progress"]
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -195,3 +196,77 @@ class ShardSampler(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         replicas, rank = self._topology()
         return len(range(rank, self.length, replicas))
+
+
+def fit_progress(trainer: Any, items_per_batch: int = 1) -> tuple[int, int]:
+    """``(epoch, sampler items of it already consumed, all ranks together)`` as Lightning's fit loop counts them.
+
+    Read when a training iterator starts. Lightning builds the first iterator of
+    a (resumed) fit before it calls ``set_epoch``, so samplers read the epoch
+    here instead. Restarted from a mid-epoch checkpoint (the epoch was started
+    but not processed), the second value is what to skip: batches run x items
+    per batch x world size; otherwise 0. ``(0, 0)`` without a trainer.
+    """
+    if trainer is None:
+        return 0, 0
+    loop = trainer.fit_loop
+    epochs = loop.epoch_progress.current
+    epoch = int(epochs.processed)
+    if epochs.started <= epochs.processed:
+        return epoch, 0
+    done = int(loop.epoch_loop.batch_progress.current.completed)
+    return epoch, done * items_per_batch * max(1, int(trainer.world_size))
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, item_seed)`` keys, a fixed function of ``(seed, epoch)``: the resumable training order.
+
+    Data sets that accept such keys draw every random choice of the item
+    (an episode, an augmentation) from ``item_seed``, so epoch ``e`` is the same
+    whether the run got there straight or resumed from a checkpoint, with any
+    number of DataLoader workers, and no epoch replays another.
+
+    Args:
+        length: Items per epoch.
+        seed: Base seed (mixed with the epoch and the item's position).
+        shuffle: Visit the indices in a seeded random order per epoch (else 0..length-1).
+        progress: Returns ``(epoch, items to skip)`` when iteration starts, e.g.
+            from :func:`fit_progress`; None uses ``set_epoch`` and skips nothing.
+
+    Under DDP Lightning wraps this sampler in a ``DistributedSamplerWrapper``,
+    which splits the keys of the epoch across ranks.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        seed: int = 0,
+        shuffle: bool = False,
+        progress: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.progress = progress
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def keys(self, epoch: int) -> list[tuple[int, int]]:
+        """All ``(index, item_seed)`` keys of ``epoch``, in order."""
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+            indices = order.tolist()
+        else:
+            indices = list(range(self.length))
+        return [(index, mix_seed(self.seed, epoch, position)) for position, index in enumerate(indices)]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, skip = self.progress() if self.progress is not None else (self.epoch, 0)
+        return iter(self.keys(epoch)[skip:])

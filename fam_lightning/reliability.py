@@ -1,0 +1,148 @@
+"""Reproducible resume, non-finite loss guards and NaN-honest metrics, shared by every model family.
+
+Resume contract (CPU: bit for bit; see DESIGN.md "Resume and failure semantics"):
+
+- The global torch / numpy / python RNGs are reseeded at the start of every
+  training epoch from ``(seed, epoch, rank)`` (:func:`seed_epoch`), so dropout,
+  DropBlock and NPID's noise samples of epoch ``e`` do not depend on what ran
+  before it (an earlier epoch, a sanity check, a resume).
+- Data-side draws (episodes, shuffles, augmentation) are functions of
+  ``(seed, epoch, item)`` (``datamodules.sampler.EpochSeededSampler``).
+- The cosine schedule's horizon is fixed by the first run: resuming with a
+  different ``trainer.max_epochs`` stops with :class:`ScheduleHorizonError`
+  instead of silently keeping (or bending) the old curve.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import SumMetric
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """Mix integers into one well-spread 63-bit seed (SplitMix64 steps).
+
+    Neighbouring inputs such as (seed, 0) and (seed, 1) give unrelated seeds,
+    unlike ``seed + i``, which makes (seed, i + 1) and (seed + 1, i) collide.
+    """
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
+        state ^= state >> 29
+    return state >> 1
+
+
+def global_seed() -> int:
+    """The run's seed as set by ``seed_everything`` (``PL_GLOBAL_SEED``), 0 when none was set.
+
+    Read from the environment, not ``torch.initial_seed()``, which every reseed changes.
+    """
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def seed_epoch(epoch: int, rank: int = 0) -> int:
+    """Reseed torch (CPU and CUDA), numpy and python ``random`` from ``(global seed, epoch, rank)``.
+
+    Returns:
+        The seed used.
+    """
+    seed = mix_seed(global_seed(), epoch, rank)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    return seed
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became inf or NaN: the run stops instead of training on garbage."""
+
+
+def check_finite_loss(step: int, loss: Tensor, terms: Mapping[str, Tensor | None]) -> None:
+    """Raise :class:`NonFiniteLossError` naming the step and every loss term if ``loss`` is not finite.
+
+    One host sync per step (``bool(tensor)``), the price of stopping at the first bad step.
+    """
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    shown = ", ".join(f"{name}={_describe(value)}" for name, value in terms.items() if value is not None)
+    raise NonFiniteLossError(
+        f"non-finite training loss at global step {step}: loss={_describe(loss)} ({shown}). "
+        "The run stops here and keeps no checkpoint of this model; lower the learning rate "
+        "(model.init_args.lr) or check the inputs of this step"
+    )
+
+
+def _describe(value: Tensor) -> str:
+    value = value.detach().float()
+    if value.numel() == 1:
+        return f"{value.item():.6g}"
+    return "[" + ", ".join(f"{v:.6g}" for v in value.flatten().tolist()) + "]"
+
+
+class ScheduleHorizonError(ValueError):
+    """A resumed run asks for another ``max_epochs`` than the learning-rate schedule was built for."""
+
+
+def check_schedule_horizon(checkpoint: Mapping[str, Any], max_epochs: int | None) -> None:
+    """Refuse to resume a cosine schedule over a different number of epochs.
+
+    The scheduler state in the checkpoint holds ``T_max`` of the first run;
+    Lightning would restore it and keep annealing towards the old end. Raising
+    here makes the choice explicit: resume with the same ``max_epochs``, or
+    start a new run from the weights.
+    """
+    if max_epochs is None or max_epochs < 1:
+        return
+    for state in checkpoint.get("lr_schedulers", []) or []:
+        t_max = state.get("T_max") if isinstance(state, Mapping) else None
+        if t_max is not None and int(t_max) != max(1, max_epochs):
+            raise ScheduleHorizonError(
+                f"the checkpoint's cosine learning-rate schedule runs over T_max={t_max} epochs, but this run has "
+                f"trainer.max_epochs={max_epochs}. Resuming keeps the schedule, so resume with "
+                f"--trainer.max_epochs {t_max}; to train longer, start a new run initialised from the checkpoint's "
+                "weights instead of --ckpt_path"
+            )
+
+
+class NonFiniteCount(SumMetric):
+    """Counts evaluated items with a non-finite score (summed over DDP ranks)."""
+
+    def __init__(self) -> None:
+        super().__init__(nan_strategy="error")
+
+    def update(self, scores: Tensor) -> None:  # type: ignore[override]
+        """``scores`` (B, ...): counts rows holding any inf or NaN."""
+        bad = ~torch.isfinite(scores.detach()).flatten(1).all(1)
+        super().update(bad.sum().to(torch.float64))
+
+
+def nan_if_nonfinite(value: Tensor, nonfinite: Tensor) -> Tensor:
+    """``value``, or NaN when any evaluated score was non-finite: argmax of NaN is not an accuracy."""
+    value = torch.as_tensor(value, dtype=torch.float32)
+    return torch.where(nonfinite.to(value.device) > 0, torch.full_like(value, float("nan")), value)
+
+
+class ReliableTraining:
+    """LightningModule mixin: per-epoch reseeding and the schedule-horizon check on resume.
+
+    Put it before ``L.LightningModule`` in the bases; a subclass overriding one of
+    these hooks calls ``super()``.
+    """
+
+    def on_train_epoch_start(self) -> None:
+        seed_epoch(self.trainer.current_epoch, self.trainer.global_rank)  # type: ignore[attr-defined]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.state.fn == "fit":
+            check_schedule_horizon(checkpoint, trainer.max_epochs)
