@@ -15,18 +15,18 @@ Conventions shared by every function here:
   ``[y0:y1, x0:x1]``; a box with ``x1 <= x0`` or ``y1 <= y0`` covers nothing
   and has zero area.
 
-Everything is batched torch on the inputs' device. The one host sync is the
-convergence test of :func:`largest_connected_component` (every few
-iterations).
+Everything is batched torch on the inputs' device, without host syncs (on
+CPU tensors the connected-component search stops at its fixed point; there
+the test syncs no device).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -180,39 +180,122 @@ def energy_pointing_game(saliency: Tensor, boxes: Boxes) -> Tensor:
 # --------------------------------------------------------------------------- #
 # Connected components and IoU (eq. 20)
 # --------------------------------------------------------------------------- #
-def _propagate(labels: Tensor, mask_f: Tensor, num_pixels: int) -> Tensor:
-    """One round: 8-neighbour max propagation, then one pointer jump.
+def _block_graph(mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Contract each 2x2 pixel block to one node; join each row's runs of touching blocks.
 
-    Label ``l`` (1..HW) names the pixel with flat index ``HW - l``; a label
-    always names a pixel of the same component and never decreases, so
-    ``labels[pixel(labels[p])] >= labels[p]`` and the jump is a valid shortcut.
+    Any two foreground pixels of a 2x2 block touch (8-connectivity), so a
+    block's foreground is one piece; two blocks are joined iff a foreground
+    pixel of one touches a foreground pixel of the other (Allegretti, Bolelli
+    and Grana, TPDS 2020; the edge rule is kornia's
+    ``connected_components_union_find``). Horizontal joins are resolved here:
+    each block points at the first block of its run of joined blocks in its
+    row (a ``cummax``). The remaining edges go from each block to its upper,
+    upper-left and upper-right neighbour; an absent edge is a self-loop, so
+    every array has a fixed size.
+
+    Args:
+        mask: ``(B, H, W)`` bool.
+
+    Returns:
+        ``(parents, sources, targets, sizes, first_pixel)``: ``(N,)`` first
+        block of each block's row run (blocks numbered ``0 .. N - 1`` over the
+        batch, ``N = B * Hb * Wb``, ``Hb = ceil(H / 2)``, ``Wb = ceil(W / 2)``);
+        ``(E,)`` block indices of the vertical and diagonal edges; ``(N,)``
+        foreground pixel counts per block; and the flat index ``y * W + x``
+        of each block's first foreground pixel in raster order (``H * W`` for
+        an empty block).
     """
-    batch, height, width = labels.shape
-    pooled = F.max_pool2d(labels.unsqueeze(1), 3, stride=1, padding=1).squeeze(1) * mask_f
-    flat = pooled.reshape(batch, num_pixels)
-    target = (num_pixels - flat.long()).clamp_(0, num_pixels - 1)  # background: clamped, masked
-    jumped = flat.gather(1, target) * mask_f.reshape(batch, num_pixels)
-    return jumped.reshape(batch, height, width)
+    batch, height, width = mask.shape
+    padded = mask.new_zeros(batch, height + height % 2, width + width % 2)
+    padded[:, :height, :width] = mask
+    tl, tr = padded[:, 0::2, 0::2], padded[:, 0::2, 1::2]  # each (B, Hb, Wb)
+    bl, br = padded[:, 1::2, 0::2], padded[:, 1::2, 1::2]
+    blocks = torch.arange(tl.numel(), device=mask.device).view(tl.shape)
+    # A block joins its left neighbour if a pixel of its left column touches
+    # one of the neighbour's right column; likewise upwards and diagonally.
+    left = (tl[:, :, 1:] | bl[:, :, 1:]) & (tr[:, :, :-1] | br[:, :, :-1])  # (B, Hb, Wb - 1)
+    run_start = torch.ones_like(tl)
+    run_start[:, :, 1:] = ~left
+    parents = torch.where(run_start, blocks, 0).cummax(dim=2).values.flatten()
+
+    up = (tl[:, 1:] | tr[:, 1:]) & (bl[:, :-1] | br[:, :-1])
+    up_left = tl[:, 1:, 1:] & br[:, :-1, :-1]
+    up_right = tr[:, 1:, :-1] & bl[:, :-1, 1:]
+    here = [blocks[:, 1:], blocks[:, 1:, 1:], blocks[:, 1:, :-1]]
+    there = [blocks[:, :-1], blocks[:, :-1, :-1], blocks[:, :-1, 1:]]
+    joined = [up, up_left, up_right]
+    sources = torch.cat([h.flatten() for h in here])
+    targets = torch.cat([torch.where(j, t, h).flatten() for j, t, h in zip(joined, there, here)])
+
+    sizes = (tl.long() + tr.long() + bl.long() + br.long()).flatten()
+    # First foreground pixel of each block: its top-left corner plus the
+    # smallest raster offset among the foreground pixels (0, 1, W, W + 1).
+    ys = torch.arange(0, height, 2, device=mask.device).view(1, -1, 1)
+    xs = torch.arange(0, width, 2, device=mask.device).view(1, 1, -1)
+    corner = ys * width + xs  # (1, Hb, Wb)
+    none = height * width
+    offset = torch.where(tl, 0, torch.where(tr, 1, torch.where(bl, width, torch.where(br, width + 1, none))))
+    first_pixel = torch.where(offset < none, corner + offset, none).expand_as(tl).flatten()
+    return parents, sources, targets, sizes, first_pixel
 
 
-def largest_connected_component(mask: Tensor, check_every: int = 4) -> Tensor:
+def _block_roots(parents: Tensor, sources: Tensor, targets: Tensor, nodes_per_image: int, early_exit: bool) -> Tensor:
+    """Union-find over block edges: the smallest block index of each node's component.
+
+    ``parents`` must be a forest of stars (each node points at a root that
+    points at itself) whose trees lie inside components. Each round every
+    root hooks onto the smallest root it has an edge to, if that is smaller
+    (``scatter_reduce`` with ``amin``; only roots hook and parents only
+    decrease, so no cycle forms), then pointer jumping flattens every tree to
+    depth one.
+
+    Fixed work: with ``k`` trees in a component, a round leaves at most
+    ``k / 2`` trees that merged plus ``s`` lone local minima, and each of
+    those ``s`` has a smaller neighbour next round and hooks then, so two
+    rounds at least halve ``k``: ``2 * ceil(log2 n)`` rounds of
+    ``ceil(log2 n)`` jumps (tree depth <= k <= n) reach the fixed point for
+    ``n = nodes_per_image``. Without ``early_exit`` exactly that many run (no
+    host sync); with it self-loop edges are dropped and the loops stop at the
+    fixed point (a host sync per step: meant for CPU tensors).
+    """
+    if early_exit:
+        keep = sources != targets
+        sources, targets = sources[keep], targets[keep]
+    log_n = max(1, math.ceil(math.log2(max(nodes_per_image, 2))))
+    for _ in range(2 * log_n):
+        source_roots, target_roots = parents[sources], parents[targets]
+        hooked = parents.scatter_reduce(
+            0, torch.maximum(source_roots, target_roots), torch.minimum(source_roots, target_roots), reduce="amin"
+        )
+        for _ in range(log_n):
+            jumped = hooked[hooked]
+            if early_exit and torch.equal(jumped, hooked):
+                break
+            hooked = jumped
+        if early_exit and torch.equal(hooked, parents):
+            break
+        parents = hooked
+    return parents
+
+
+def largest_connected_component(mask: Tensor, early_exit: bool | None = None) -> Tensor:
     """Largest 8-connected component of each binary mask, batched on device.
 
-    Each foreground pixel with flat index ``p`` starts with label
-    ``HW - p``; rounds of 3x3 max pooling (restricted to the foreground) plus
-    a pointer jump spread the largest label of each component, which is the
-    label of its first pixel in raster order. Pixels are then counted per
-    label with ``scatter_add`` and the largest component kept.
+    The mask is contracted to 2x2 blocks and labelled exactly by union-find
+    (:func:`_block_graph`, :func:`_block_roots`); components are then ranked
+    by pixel count with ``scatter_add``.
 
     Ties in pixel count go to the component that comes first in raster
     order (the one holding the top-most, then left-most, pixel).
 
-    Host syncs: one ``torch.equal`` convergence test every ``check_every``
-    rounds; at most ``H * W`` rounds are run (the worst-case geodesic length).
+    Host syncs: none without ``early_exit`` (a fixed, proven-sufficient
+    number of union-find rounds); with it, a ``torch.equal`` per union-find step.
 
     Args:
         mask: ``(B, H, W)`` bool.
-        check_every: rounds between convergence tests.
+        early_exit: stop the union-find at its fixed point (same result, less
+            work, a host sync per round). Default: only for CPU tensors, where
+            the test syncs no device.
 
     Returns:
         ``(B, H, W)`` bool, the largest component per sample (all False for an
@@ -223,36 +306,24 @@ def largest_connected_component(mask: Tensor, check_every: int = 4) -> Tensor:
         raise ValueError(f"mask must have shape (B, H, W), got {shape}")
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
     batch, height, width = mask.shape
-    num_pixels = height * width
-    if batch == 0 or num_pixels == 0:
+    if batch == 0 or height * width == 0:
         return mask.clone()
-    # Labels are exact in float32 up to 2**24 pixels; max_pool2d needs floats.
-    label_dtype = torch.float32 if num_pixels < 2**24 else torch.float64
-    mask_f = mask.to(label_dtype)
-    init = (num_pixels - torch.arange(num_pixels, device=mask.device, dtype=label_dtype))
-    labels = init.reshape(1, height, width) * mask_f  # (B, H, W)
+    if early_exit is None:
+        early_exit = mask.device.type == "cpu"
+    parents, sources, targets, sizes, first_pixel = _block_graph(mask)
+    per_image = sizes.numel() // batch
+    roots = _block_roots(parents, sources, targets, per_image, early_exit)  # (B * Hb * Wb,)
 
-    rounds = 0
-    while rounds < num_pixels:
-        previous = labels
-        for _ in range(min(check_every, num_pixels - rounds)):
-            labels = _propagate(labels, mask_f, num_pixels)
-        rounds += check_every
-        if torch.equal(labels, previous):  # host sync, once per check_every rounds
-            break
-
-    flat = labels.reshape(batch, num_pixels).long()  # (B, HW), 0 = background
-    counts = torch.zeros(batch, num_pixels + 1, dtype=torch.long, device=mask.device)
-    counts.scatter_add_(1, flat, mask.reshape(batch, num_pixels).long())
-    label_values = torch.arange(num_pixels + 1, device=mask.device)
-    # Count first, label as tie-break (larger label = earlier first pixel).
-    score = counts * (num_pixels + 1) + label_values
-    score[:, 0] = -1
-    best = score.argmax(dim=1)  # (B,)
-    return (flat == best[:, None]).reshape(batch, height, width) & mask
+    counts = torch.zeros_like(sizes).scatter_add_(0, roots, sizes)
+    first = torch.full_like(first_pixel, height * width).scatter_reduce_(0, roots, first_pixel, reduce="amin")
+    # Count first, then the earlier first pixel; empty blocks score -1.
+    score = torch.where(counts > 0, counts * (height * width + 1) + (height * width - first), -1)
+    best = score.view(batch, per_image).argmax(dim=1)  # (B,) local block index of the winning root
+    best_root = best + torch.arange(batch, device=mask.device) * per_image
+    in_best = (roots.view(batch, per_image) == best_root[:, None]).view(batch, (height + 1) // 2, (width + 1) // 2)
+    in_best = in_best.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)[:, :height, :width]
+    return in_best & mask
 
 
 def _mask_bounding_box(mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
+import numpy as np
 import pytest
 import torch
 
@@ -434,3 +435,68 @@ def test_half_precision_maps_keep_box_precision() -> None:
     assert iou.dtype == torch.bfloat16
     assert iou.float().item() == pytest.approx(2 / 3, abs=1e-2)
     assert energy_pointing_game(sal, torch.tensor([[301.0, 0, 303, 4]])).float().item() == pytest.approx(2 / 3, abs=1e-2)
+
+
+def scipy_largest(mask: torch.Tensor) -> torch.Tensor:
+    """Largest component by scipy.ndimage.label (3x3 structure: 8-connectivity); ties: first in raster order."""
+    from scipy import ndimage
+
+    out = torch.zeros_like(mask)
+    for b, plane in enumerate(mask.numpy()):
+        labels, count = ndimage.label(plane, structure=np.ones((3, 3), dtype=int))
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]  # scipy numbers components in raster order of their first pixel
+        out[b] = torch.from_numpy(labels == 1 + int(sizes.argmax()))  # argmax: first of the tied maxima
+    return out
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_components_match_scipy_8_connectivity(early_exit: bool) -> None:
+    gen = torch.Generator().manual_seed(7)
+    for height, width in [(1, 1), (1, 9), (7, 1), (2, 2), (9, 13), (16, 16), (17, 31), (40, 33)]:
+        density = torch.rand(32, 1, 1, generator=gen) * 0.6 + 0.2
+        masks = torch.rand(32, height, width, generator=gen) < density
+        got = largest_connected_component(masks, early_exit=early_exit)
+        assert torch.equal(got, scipy_largest(masks)), (height, width)
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_diagonal_only_contacts_join_across_blocks(early_exit: bool) -> None:
+    # Chains that touch only corner to corner, at every parity of the 2x2 block grid.
+    size = 12
+    masks = torch.zeros(4, size, size, dtype=torch.bool)
+    for i in range(size):
+        masks[0, i, i] = True  # main diagonal
+        masks[1, i, size - 1 - i] = True  # anti-diagonal
+    masks[2, 1::2, 1::2] = True  # lattice of isolated pixels: no 4- or 8-neighbour anywhere
+    masks[2, 4, 6] = masks[2, 5, 6] = True  # joins (3,5)...(5,7) vertically: a 6-pixel component
+    masks[3] = masks[0] | masks[1]
+    masks[3, 0, 0] = masks[3, 11, 11] = False
+    got = largest_connected_component(masks, early_exit=early_exit)
+    assert torch.equal(got, scipy_largest(masks))
+    assert got[0].sum() == size and got[1].sum() == size and got[3].sum() == 2 * size - 2
+    assert got[2].sum() == 6
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_adversarial_shapes_reach_the_fixed_point(early_exit: bool) -> None:
+    # Spirals and combs: long geodesics and many merges per component.
+    size = 31
+    spiral = torch.zeros(size, size, dtype=torch.bool)
+    top, left, bottom, right = 0, 0, size - 1, size - 1
+    while top <= bottom and left <= right:
+        spiral[top, left : right + 1] = True
+        spiral[top : bottom + 1, right] = True
+        if top + 2 <= bottom:
+            spiral[bottom, left : right + 1] = True
+        if top + 4 <= bottom:
+            spiral[top + 2 : bottom + 1, left] = True
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+    comb = torch.zeros(size, size, dtype=torch.bool)
+    comb[::2] = True
+    comb[:, 0] = True
+    comb[1::4, -1] = True  # extra links make the right-hand side a zig-zag
+    masks = torch.stack([spiral, comb, comb.flip(1), spiral.t().flip(0)])
+    got = largest_connected_component(masks, early_exit=early_exit)
+    assert torch.equal(got, scipy_largest(masks))
