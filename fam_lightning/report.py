@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # (metric key logged by the model / FAM callback, column header)
@@ -62,12 +63,24 @@ def write_tables(rows: list[dict[str, str]], stem: Path) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then ``os.replace`` it: never a partial file.
+
+    The file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's private 0600.
+    """
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(handle, "w", newline="") as out:
-            out.write(text)
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, newline=""))

@@ -39,10 +39,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from torch import Tensor, nn
 
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, load_model, read_checkpoint
+from fam_lightning.report import atomic_write
 
 DATA_OVERRIDES = ("data_dir", "root", "image_size")
 
@@ -311,18 +311,13 @@ def markdown_table(rows: list[dict[str, Any]], explainers: list[str]) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """CSV via a temporary file and ``os.replace``."""
+    """The rows as CSV, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as tmp:
-            writer = csv.DictWriter(tmp, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), newline=""))
 
 
 def build_parser() -> argparse.ArgumentParser:
