@@ -27,6 +27,8 @@ from torchmetrics import MeanMetric
 
 from fam_lightning import fam
 from fam_lightning.backbones import build_backbone
+from fam_lightning.importers import import_into
+from fam_lightning.importers.bank import fill_bank
 from fam_lightning.knn import KNNIndex
 from fam_lightning.memory import FeatureQueue, MemoryBank, gather_from_all_ranks
 from fam_lightning.protocol import ExplanationInputs
@@ -60,6 +62,10 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
             a registered ResNet takes torchvision-layout weights; ``timm:`` / ``torchvision:``
             backbones take the full model's state_dict (``fam_lightning.backbones.external``).
         backbone_kwargs: extra arguments of the backbone's factory.
+        import_checkpoint: a published NPID (lemniscate.pytorch) or MoCo v1 / v2
+            checkpoint to start from (``fam_lightning.importers``): its weights,
+            NPID's memory as the bank, MoCo's queue; a MoCo bank is computed over
+            the training set before the first evaluation.
     """
 
     similarity = "cosine"
@@ -88,6 +94,7 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
         weight_decay: float = 1e-4,
         pretrained_path: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        import_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
@@ -113,6 +120,9 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
         self.val_top1, self.val_top5 = MeanMetric(), MeanMetric()
         self.val_nonfinite = NonFiniteCount()  # kNN scores with inf / NaN: no vote is counted as a prediction
         self._index: KNNIndex | None = None
+        self.bank_filled = True  # False: the bank is computed over the training set before evaluating
+        if import_checkpoint is not None:
+            import_into(self, import_checkpoint)
 
     # -- protocol -----------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
@@ -126,6 +136,28 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
         return F.normalize(self.embed(self.forward_features(x)), dim=1)
 
     # -- setup --------------------------------------------------------------------------
+    def replace_bank(self, rows: Tensor) -> None:
+        """Use (N, D) ``rows`` as the memory bank (an imported NPID memory); labels come at setup."""
+        self._build_bank(rows.shape[0])
+        self.bank.bank.copy_(rows)
+
+    def replace_queue(self, keys: Tensor, ptr: int = 0) -> None:
+        """Use (K, D) ``keys`` as MoCo's queue (an imported one), next write at row ``ptr``."""
+        self.queue = FeatureQueue(keys.shape[0], keys.shape[1])
+        self.queue.queue.copy_(keys)
+        self.queue.ptr.fill_(ptr % keys.shape[0])
+        self.hparams["queue_size"] = keys.shape[0]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["memory_bank_filled"] = self.bank_filled
+        if "hyper_parameters" in checkpoint:  # the imported weights are in it: reloading needs no original file
+            checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "import_checkpoint": None}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.bank_filled = checkpoint.get("memory_bank_filled", True)
+
     def _build_bank(self, size: int) -> None:
         momentum = self.hparams.bank_momentum if self.hparams.method == "npid" else 0.0
         self.bank = MemoryBank(size, self.hparams.embedding_dim, momentum=momentum)
@@ -143,7 +175,7 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
         if self.hparams.num_classes is None and getattr(datamodule, "num_classes", None) is not None:
             self.hparams["num_classes"] = int(datamodule.num_classes)
         labels = getattr(datamodule, "train_labels", None)
-        if labels is not None and stage == "fit":
+        if labels is not None and (stage == "fit" or bool((self.bank.labels < 0).all())):
             self.bank.set_labels(torch.as_tensor(labels, dtype=torch.long))
 
     def on_train_start(self) -> None:
@@ -226,6 +258,9 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
         self._build_index()
 
     def _build_index(self) -> None:
+        if not self.bank_filled:
+            fill_bank(self)
+            self.bank_filled = True
         if int((self.bank.labels < 0).sum()) == self.bank.size:
             raise ValueError("the memory bank has no labels: the datamodule must expose train_labels")
         self._index = KNNIndex(backend="torch", metric="cosine")

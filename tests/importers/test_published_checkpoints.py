@@ -1,0 +1,227 @@
+"""Published NPID / MoCo checkpoints, written here in their projects' exact layouts, imported and compared.
+
+The source models are torchvision ResNet-18s with ``fc`` replaced, as
+lemniscate.pytorch and facebookresearch/moco build them; the imported
+MemoryBankModel must give the same embeddings and the same kNN predictions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from fam_lightning.importers import read_published_checkpoint
+from fam_lightning.models import MemoryBankModel
+from tests.conftest import REPO, run_cli
+
+DIM = 128
+
+
+def _source_resnet18(head: str, seed: int) -> nn.Module:
+    """torchvision ResNet-18 with the fc of NPID / MoCo v1 (linear) or MoCo v2 (MLP), non-trivial BN stats."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None)
+    if head == "linear":
+        model.fc = nn.Linear(512, DIM)
+    else:
+        model.fc = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, DIM))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@torch.no_grad()
+def _embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return F.normalize(model(images), dim=1)  # NPID's Normalize(2) / MoCo's F.normalize
+
+
+def _lemniscate_knn(features: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, k: int,
+                    t: float, classes: int) -> torch.Tensor:
+    """lemniscate.pytorch test.kNN: top-K cosine neighbours vote exp(s / T) for their label."""
+    similarity, rows = (features @ memory.t()).topk(k, dim=1)
+    votes = torch.zeros(features.shape[0], classes).scatter_add_(1, labels[rows], (similarity / t).exp())
+    return votes.argmax(1)
+
+
+def _install_lemniscate(monkeypatch: pytest.MonkeyPatch) -> type[nn.Module]:
+    """A test-local ``lib`` package with stand-ins of lemniscate's NCEAverage and AliasMethod."""
+
+    class AliasMethod:
+        def __init__(self, probs: torch.Tensor) -> None:
+            self.prob, self.alias = probs.clone(), torch.zeros(len(probs), dtype=torch.long)
+
+    class NCEAverage(nn.Module):
+        def __init__(self, input_size: int, output_size: int, k: int, t: float = 0.07, momentum: float = 0.5) -> None:
+            super().__init__()
+            self.nLem = output_size
+            self.multinomial = AliasMethod(torch.ones(output_size))
+            self.K = k
+            self.register_buffer("params", torch.tensor([k, t, -1.0, momentum]))
+            stdv = 1.0 / math.sqrt(input_size / 3)
+            self.register_buffer("memory", torch.rand(output_size, input_size).mul_(2 * stdv).add_(-stdv))
+
+    lib = types.ModuleType("lib")
+    nce_module = types.ModuleType("lib.NCEAverage")
+    alias_module = types.ModuleType("lib.alias_multinomial")
+    NCEAverage.__module__, NCEAverage.__qualname__ = "lib.NCEAverage", "NCEAverage"
+    AliasMethod.__module__, AliasMethod.__qualname__ = "lib.alias_multinomial", "AliasMethod"
+    nce_module.NCEAverage, alias_module.AliasMethod = NCEAverage, AliasMethod
+    lib.NCEAverage, lib.alias_multinomial = nce_module, alias_module
+    for name, module in (("lib", lib), ("lib.NCEAverage", nce_module), ("lib.alias_multinomial", alias_module)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return NCEAverage
+
+
+def write_lemniscate_checkpoint(path: Path, source: nn.Module, memory: torch.Tensor,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """lemniscate main.py's save_checkpoint: DataParallel keys, the NCEAverage module pickled whole."""
+    with monkeypatch.context() as patch:
+        nce_average = _install_lemniscate(patch)
+        lemniscate = nce_average(DIM, memory.shape[0], 16)
+        lemniscate.memory.copy_(memory)
+        lemniscate.params[2] = 123.0  # Z, estimated on the first batch
+        torch.save({
+            "epoch": 200, "arch": "resnet18",
+            "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()},
+            "lemniscate": lemniscate, "best_prec1": 41.5,
+            "optimizer": torch.optim.SGD(source.parameters(), lr=0.03, momentum=0.9).state_dict(),
+        }, path)
+    assert "lib" not in sys.modules  # the import below runs without lemniscate's classes
+
+
+def write_moco_checkpoint(path: Path, query: nn.Module, key: nn.Module | None, prefix: str, queue: int = 64) -> None:
+    """main_moco.py's checkpoint: the builder's state_dict (encoder_q, encoder_k, queue 128 x K, queue_ptr)."""
+    state = {f"{prefix}encoder_q.{k}": v for k, v in query.state_dict().items()}
+    if key is not None:
+        state.update({f"{prefix}encoder_k.{k}": v for k, v in key.state_dict().items()})
+    torch.manual_seed(5)
+    state[f"{prefix}queue"] = F.normalize(torch.randn(DIM, queue), dim=0)
+    state[f"{prefix}queue_ptr"] = torch.tensor([16])
+    torch.save({"epoch": 800, "arch": "resnet18", "state_dict": state, "optimizer": {}}, path)
+
+
+def test_npid_checkpoint_gives_the_source_embeddings_and_knn_predictions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = _source_resnet18("linear", seed=0)
+    torch.manual_seed(1)
+    train, queries = torch.randn(40, 3, 64, 64), torch.randn(6, 3, 64, 64)
+    memory, labels = _embed(source, train), torch.arange(40) % 4
+    path = tmp_path / "checkpoint.pth.tar"
+    write_lemniscate_checkpoint(path, source, memory, monkeypatch)
+
+    model = MemoryBankModel(method="npid", backbone="resnet18", import_checkpoint=str(path), num_classes=4,
+                            knn_k=10).eval()
+    assert "weights_only=False" in caplog.text  # the unsafe load is announced
+    torch.testing.assert_close(model(queries), _embed(source, queries), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.bank.bank, memory)
+    assert model.nce_normalizer.item() == 123.0
+    model.bank.set_labels(labels)
+    model._build_index()
+    with torch.no_grad():
+        scores, _, _ = model.knn(model.embed(model.forward_features(queries)))
+    expected = _lemniscate_knn(_embed(source, queries), memory, labels, k=10, t=0.07, classes=4)
+    assert torch.equal(scores.argmax(1), expected)
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+@pytest.mark.parametrize("prefix", ["module.", ""])
+@pytest.mark.parametrize("with_key_encoder", [True, False])
+def test_moco_checkpoint_gives_the_source_embeddings(tmp_path: Path, head: str, prefix: str,
+                                                     with_key_encoder: bool) -> None:
+    query, key = _source_resnet18(head, seed=0), _source_resnet18(head, seed=1)
+    path = tmp_path / "moco.pth.tar"
+    write_moco_checkpoint(path, query, key if with_key_encoder else None, prefix)
+    imported = read_published_checkpoint(path)
+    assert imported.source == ("moco_v2" if head == "mlp" else "moco_v1")
+
+    model = MemoryBankModel(method="moco", backbone="resnet18", head=head, import_checkpoint=str(path)).eval()
+    images = torch.randn(3, 3, 64, 64)
+    torch.testing.assert_close(model(images), _embed(query, images), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        keys = F.normalize(model.key_projection(model.key_backbone.forward_features(images).mean((2, 3))), dim=1)
+    expected_key = key if with_key_encoder else query  # no encoder_k: MoCo's initial copy of encoder_q
+    torch.testing.assert_close(keys, _embed(expected_key, images), atol=1e-5, rtol=1e-4)
+    queue = torch.load(path, weights_only=True)["state_dict"][f"{prefix}queue"]
+    torch.testing.assert_close(model.queue.queue, queue.t())
+    assert model.queue.ptr.item() == 16 and model.hparams.queue_size == 64
+    assert not model.bank_filled  # MoCo has no bank: computed over the training set before evaluating
+
+
+def test_mismatched_model_names_the_options_to_set(tmp_path: Path) -> None:
+    path = tmp_path / "moco.pth.tar"
+    write_moco_checkpoint(path, _source_resnet18("mlp", seed=0), None, "module.")
+    with pytest.raises(ValueError, match=r"--model.init_args.backbone resnet18 --model.init_args.head mlp"):
+        MemoryBankModel(method="moco", backbone="resnet50", head="linear", import_checkpoint=str(path))
+    with pytest.raises(ValueError, match="--model.init_args.method moco"):
+        MemoryBankModel(method="npid", backbone="resnet18", head="mlp", import_checkpoint=str(path))
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not a MoCo checkpoint"):
+        read_published_checkpoint(tmp_path / "other.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        read_published_checkpoint(tmp_path / "missing.pth")
+
+
+def _printed(metric: str, output: str) -> float:
+    match = re.search(rf"{re.escape(metric)}\s*│\s*([-\d.e+naN]+)", output)
+    assert match, f"{metric} not printed:\n{output[-3000:]}"
+    return float(match.group(1))
+
+
+DATA_ARGS = ["--data.synthetic_classes", "4", "--data.synthetic_train_per_class", "8",
+             "--data.synthetic_val_per_class", "4", "--data.synthetic_image_size", "64",
+             "--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
+             "--data.cache_images", "true", "--data.pin_memory", "false", "--model.init_args.backbone", "resnet18",
+             "--model.init_args.knn_k", "5", "--trainer.accelerator", "cpu"]
+
+
+def _data(data_dir: Path):  # the datamodule the CLI builds, to compute the source model's answers
+    from datamodules import ContrastiveDataModule
+
+    data = ContrastiveDataModule(root=None, data_dir=str(data_dir), image_size=64, batch_size=8,
+                                 synthetic_classes=4, synthetic_train_per_class=8, synthetic_val_per_class=4,
+                                 synthetic_image_size=64)
+    data.setup("validate")
+    train = data.train_images(torch.arange(data.num_train_images))
+    val = next(iter(torch.utils.data.DataLoader(data._eval_set("val"), batch_size=1000,
+                                                collate_fn=data.val_dataloader()[0].collate_fn)))
+    return data.train_labels, train, val
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["npid", "moco_v2"])
+def test_validate_cli_reports_knn_top1_and_fam_metrics_of_an_imported_checkpoint(
+    kind: str, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    labels, train, val = _data(data_dir)
+    head = "linear" if kind == "npid" else "mlp"
+    source = _source_resnet18(head, seed=2)
+    bank = _embed(source, train)
+    path = tmp_path / f"{kind}.pth.tar"
+    if kind == "npid":
+        write_lemniscate_checkpoint(path, source, bank, monkeypatch)
+        config = "npid_resnet50_import.yaml"
+    else:  # released MoCo files: no module. prefix, no key encoder
+        write_moco_checkpoint(path, source, None, prefix="", queue=64)
+        config = "moco_v2_resnet50_import.yaml"
+    proc = run_cli(["validate", "--config", str(REPO / "configs" / "contrastive" / config),
+                    "--model.init_args.import_checkpoint", str(path), "--data.root", "null",
+                    "--data.data_dir", str(data_dir), *DATA_ARGS], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    predictions = _lemniscate_knn(_embed(source, val["image"]), bank, labels, k=5, t=0.07, classes=4)
+    expected = 100.0 * (predictions == val["label"]).float().mean().item()
+    assert _printed("val/knn_top1", out) == pytest.approx(expected, abs=1e-3)
+    for metric in ("val/fam_energy_pointing_game", "val/fam_iou", "val/fam_average_drop"):
+        assert math.isfinite(_printed(metric, out)), metric
