@@ -103,6 +103,9 @@ def run(device: torch.device, n: int, dim: int, num_queries: int, k: int, repeat
     where = f"{torch.get_num_threads()} torch threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"\n[{device.type}: {where}] bank {n} x {dim}, {num_queries} queries, k={k}, "
           f"cosine, median of {repeats} rounds")
+    auto = KNNIndex()
+    auto.add(bank[:1])
+    print(f"  KNNIndex(backend='auto') picks {auto.backend!r} here")
     print(f"  {'method':30s} {'ms':>9s} {'ours/faiss':>10s} {'ours/matmul':>11s}  kNN overlap with matmul")
     for name, t in times.items():
         ours = name.startswith("KNNIndex")

@@ -10,9 +10,12 @@ answers, for Q queries, the k most similar entries and a class vote:
   dot) or ``faiss.IndexFlatL2`` (euclidean), also exact. faiss-gpu
   (``GpuIndexFlat*``) when ``faiss.StandardGpuResources`` exists and the bank
   is on CUDA; otherwise faiss-cpu (a CUDA bank is then copied to the host).
-- ``backend="auto"``: faiss when it imports and the bank is on CPU (or
-  faiss-gpu on CUDA), else torch. faiss-gpu wheels target CUDA 12 only, so on a
-  CUDA 13 GPU without faiss-gpu "auto" picks the torch backend.
+- ``backend="auto"``: faiss-gpu when faiss was built with GPU support, sees a
+  GPU and the bank is on CUDA (``requirements-gpu.txt``:
+  ``faiss-gpu-cu13-cuvs``); the torch backend otherwise. On CPU the torch
+  backend was measured faster than faiss-cpu (``benchmarks/knn.py``: on 2
+  cores faiss-cpu's flat search took about 4x the torch search), so "auto"
+  never picks faiss-cpu; ask for ``backend="faiss"`` to use it.
 
 Both backends return the same neighbours (similarities agree to float32
 rounding) as long as the similarities of a query are distinct. **Ties** are
@@ -203,11 +206,8 @@ class KNNIndex:
 
     @staticmethod
     def _auto_backend(device: torch.device) -> str:
-        if device.type == "cpu" and faiss_available():
-            return "faiss"
-        if device.type == "cuda" and faiss_gpu_available():
-            return "faiss"
-        return "torch"
+        # faiss only pays off on the GPU; on CPU torch's matmul + topk is faster.
+        return "faiss" if device.type == "cuda" and faiss_gpu_available() else "torch"
 
     def _consolidate(self) -> None:
         """Concatenate pending adds into the bank (and the faiss index): O(N) once per batch of adds."""

@@ -72,10 +72,18 @@ def test_faiss_and_torch_backends_agree(metric: str) -> None:
 
 
 @needs_faiss
-def test_auto_picks_faiss_on_cpu() -> None:
+def test_auto_picks_torch_on_cpu_even_with_faiss() -> None:
     index = KNNIndex()
     index.add(torch.randn(10, 4))
-    assert index.backend == "faiss"
+    assert index.backend == "torch"
+
+
+@pytest.mark.parametrize("gpu_faiss", [True, False])
+def test_auto_picks_faiss_only_for_a_cuda_bank_with_gpu_faiss(monkeypatch: pytest.MonkeyPatch, gpu_faiss: bool) -> None:
+    # No GPU needed: only the choice is checked, not a search.
+    monkeypatch.setattr(knn_module, "faiss_gpu_available", lambda: gpu_faiss)
+    assert KNNIndex._auto_backend(torch.device("cuda", 0)) == ("faiss" if gpu_faiss else "torch")
+    assert KNNIndex._auto_backend(torch.device("cpu")) == "torch"
 
 
 def test_auto_picks_torch_without_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
