@@ -52,7 +52,7 @@ UNIFORM = "(uniform map)"
 
 def build_model(ckpt_path: str | None, device: torch.device) -> tuple[FewShotClassifier, str]:
     if ckpt_path:
-        from explain import load_model
+        from fam_lightning.loading import load_model
 
         return load_model(ckpt_path, device=device), f"trained checkpoint {ckpt_path}"
     torch.manual_seed(0)
