@@ -175,7 +175,7 @@ def test_mismatched_model_names_the_options_to_set(tmp_path: Path) -> None:
 
 
 def _printed(metric: str, output: str) -> float:
-    match = re.search(rf"{re.escape(metric)}\s*│\s*([-\d.e+naN]+)", output)
+    match = re.search(rf"{re.escape(metric)}[\s│]+([-\d.eE+naN]+)", output)
     assert match, f"{metric} not printed:\n{output[-3000:]}"
     return float(match.group(1))
 
