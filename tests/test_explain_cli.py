@@ -1,8 +1,7 @@
-"""explain.py and sanity_check.py as a user runs them, on a fresh (untrained) checkpoint."""
+"""explain.py (fam-explain) as a user runs it, on a fresh (untrained) checkpoint written like fam-train's."""
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -14,20 +13,26 @@ import pytest
 import torch
 from PIL import Image
 
-import explain
-import sanity_check
+from fam_lightning.loading import load_model
 from fam_lightning.models import FewShotClassifier
+from fam_lightning.similarity import mean_similarity
+from fam_lightning.tools import explain
 from tests.conftest import REPO
 
+MODEL_CLASS = "fam_lightning.models.FewShotClassifier"
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smallest file ``load_from_checkpoint`` accepts: state dict, hyper-parameters, version."""
+
+def _save_checkpoint(path: Path, with_class: bool) -> Path:
+    """The keys fam-train writes that the tools read: state dict, hyper-parameters with class paths, version."""
     torch.manual_seed(0)
     model = FewShotClassifier(num_classes=4)
-    path = tmp_path_factory.mktemp("ckpt") / "fresh.ckpt"
+    hparams = dict(model.hparams)
+    data = {"image_size": 40, "synthetic_classes": 24}
+    if with_class:
+        hparams |= {"_class_path": MODEL_CLASS, "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+        data |= {"_class_path": "datamodules.FewShotDataModule"}
     torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+        {"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": data,
          "pytorch-lightning_version": lightning.__version__},
         path,
     )
@@ -35,38 +40,108 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_checkpoint(tmp_path_factory.mktemp("ckpt") / "fresh.ckpt", with_class=True)
+
+
+@pytest.fixture(scope="module")
+def classless_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_checkpoint(tmp_path_factory.mktemp("ckpt") / "classless.ckpt", with_class=False)
+
+
+@pytest.fixture(scope="module")
 def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
-    paths = [folder / "bird.jpg", folder / "query.png", folder / "ref.jpg"]
-    for path, (w, h) in zip(paths, [(70, 50), (40, 40), (64, 48)]):
+    paths = [folder / "bird.png", folder / "query.png", folder / "ref.jpg"]
+    for path, (w, h) in zip(paths, [(150, 90), (40, 40), (64, 48)]):
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
     return paths
 
 
-def run_script(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+def _find_panel(figure: np.ndarray, photo: np.ndarray) -> tuple[int, int] | None:
+    """(x, y) where ``photo`` appears pixel for pixel in ``figure``, or None."""
+    h, w = photo.shape[:2]
+    for y in range(figure.shape[0] - h + 1):
+        for x in range(figure.shape[1] - w + 1):
+            if (figure[y, x] == photo[0, 0]).all() and (figure[y:y + h, x:x + w] == photo).all():
+                return x, y
+    return None
 
 
 @pytest.mark.slow
-def test_explain_writes_one_overlay_per_image_and_explainer(tmp_path: Path, checkpoint: Path, image_files) -> None:
+def test_explain_script_writes_one_figure_per_image_at_the_photo_resolution(
+    tmp_path: Path, checkpoint: Path, image_files
+) -> None:
     bird, query, ref = image_files
     out = tmp_path / "maps"
-    proc = run_script(
-        "explain.py",
-        ["--ckpt_path", str(checkpoint), "--images", str(bird), str(query), "--references", str(ref),
-         "--explainers", "fam", "gradcam", "score_fam", "--out", str(out), "--image_size", "48", "--device", "cpu"],
-        cwd=tmp_path,
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "explain.py"), "--ckpt_path", str(checkpoint), "--images", str(bird), str(query),
+         "--references", str(ref), "--explainers", "fam", "gradcam", "score_fam", "--out", str(out),
+         "--device", "cpu"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(f"{s}_{e}.png" for s in ("bird", "query") for e in ("fam", "gradcam", "score_fam"))
-    for name in written:
-        with Image.open(out / name) as image:
-            assert image.size == (48, 48) and image.mode == "RGB"
+    assert "model input 40 x 40" in proc.stdout  # the input size came from the checkpoint's data module
+    assert sorted(p.name for p in out.iterdir()) == ["bird.png", "query.png"]  # no temporary files left
+    photo = np.asarray(Image.open(bird).convert("RGB"))
+    with Image.open(out / "bird.png") as image:
+        assert image.mode == "RGB"
+        figure = np.asarray(image)
+    # photo | fam | gradcam | score_fam side by side, each at the photo's 150 x 90 pixels
+    assert figure.shape[1] >= 4 * 150 and figure.shape[0] >= 90
+    x, y = _find_panel(figure, photo)
+    fam_panel = figure[y:y + 90, x + 150 + explain.GAP:x + 2 * 150 + explain.GAP].astype(int)
+    assert fam_panel.shape == (90, 150, 3) and np.abs(fam_panel - photo).mean() > 10  # the map is blended in
+
+
+def test_maps_cover_the_whole_photo_or_only_its_centre_crop(image_files) -> None:
+    bird = image_files[0]  # 150 x 90
+    whole = explain.read_photo(bird, 30, "resize")
+    assert whole.crop == (0, 0, 150, 90) and not whole.cropped
+    saliency = torch.zeros(30, 30)
+    saliency[:, 15:] = 1.0  # right half of the model's input
+    mapped = explain.map_to_photo(saliency, whole)
+    assert mapped.shape == (90, 150)
+    assert mapped[:, :70].max() < 0.05 and mapped[:, 80:].min() > 0.95  # the right half of the photo
+
+    crop = explain.read_photo(bird, 30, "center_crop")
+    assert crop.crop == (30, 0, 120, 90) and crop.cropped  # the centred 90 x 90 square
+    mapped = explain.map_to_photo(torch.ones(30, 30), crop)
+    assert mapped[:, :30].max() == 0 and mapped[:, 120:].max() == 0 and mapped[:, 30:120].min() == 1
+    shown = explain.overlay_on_photo(crop, torch.ones(30, 30))
+    torch.testing.assert_close(shown[:, :, :30], crop.pixels[:, :, :30] * 0.35)  # outside the crop: dimmed
+    assert any("centre crop (30, 0, 120, 90)" in line for line in explain.figure_header(crop, "cosine", 0, None, 0))
+
+
+def test_figure_header_gives_the_decision_score(checkpoint: Path, image_files, tmp_path: Path) -> None:
+    model = load_model(checkpoint)
+    photo, ref = explain.read_photo(image_files[1], 40), explain.read_photo(image_files[2], 40)
+    with torch.no_grad():
+        z = model(torch.stack([photo.model_input, ref.model_input]))
+    score = float(mean_similarity(z[:1], z[1:].unsqueeze(0), "cosine"))
+    header = explain.figure_header(photo, "cosine", 1, torch.tensor([score]), 0)
+    assert header[0] == "query.png (40 x 40)"
+    assert header[1] == f"decision score {score:.4f} = mean cosine similarity to 1 reference"
+    written = explain.explain_files(model, [image_files[1]], ["fam"], tmp_path, [image_files[2]], image_size=40)
+    assert written == [tmp_path / "query.png"] and (tmp_path / "query.png").stat().st_mode & 0o044  # not 0600
+
+
+def test_model_class_comes_from_the_checkpoint_or_the_override(
+    tmp_path: Path, checkpoint: Path, classless_checkpoint: Path, image_files, capsys
+) -> None:
+    assert isinstance(load_model(checkpoint), FewShotClassifier)
+    args = ["--images", str(image_files[1]), "--explainers", "eigencam", "--out", str(tmp_path), "--device", "cpu"]
+    with pytest.raises(SystemExit):
+        explain.main(["--ckpt_path", str(classless_checkpoint), *args])
+    err = capsys.readouterr().err
+    assert "does not name its model class" in err and "--model_class" in err
+    assert explain.main(["--ckpt_path", str(classless_checkpoint), "--model_class", MODEL_CLASS, *args]) == 0
+    assert "model input 40 x 40" in capsys.readouterr().out  # the stored data arguments still give the size
+    with pytest.raises(SystemExit):
+        explain.main(["--ckpt_path", str(checkpoint), "--model_class", "fam_lightning.models.RetrievalModel", *args])
+    assert "as fam_lightning.models.RetrievalModel" in capsys.readouterr().err
 
 
 def test_missing_image_is_named(tmp_path: Path, checkpoint: Path, image_files, capsys) -> None:
@@ -90,6 +165,12 @@ def test_unreadable_image_and_missing_checkpoint_are_named(
         explain.main(["--ckpt_path", str(tmp_path / "gone.ckpt"), "--images", str(image_files[0]),
                       "--explainers", "eigencam"])
     assert "gone.ckpt" in capsys.readouterr().err
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("hello")
+    with pytest.raises(SystemExit):
+        explain.main(["--ckpt_path", str(not_a_checkpoint), "--images", str(image_files[0]),
+                      "--explainers", "eigencam"])
+    assert "cannot read checkpoint" in capsys.readouterr().err
 
 
 def test_without_references_only_reference_free_explainers_run(
@@ -98,44 +179,8 @@ def test_without_references_only_reference_free_explainers_run(
     with pytest.raises(SystemExit):
         explain.main(["--ckpt_path", str(checkpoint), "--images", str(image_files[0]), "--explainers", "gradcam"])
     assert "--references" in capsys.readouterr().err
-    explain.main(["--ckpt_path", str(checkpoint), "--images", str(image_files[0]), "--explainers", "grad_fam",
-                  "eigencam", "--out", str(tmp_path), "--image_size", "40", "--device", "cpu"])
-    assert (tmp_path / "bird_grad_fam.png").is_file() and (tmp_path / "bird_eigencam.png").is_file()
-    assert not list(tmp_path.glob(".*.png"))  # atomic writes leave no temporary files
-
-
-def test_spearman_matches_scipy_with_ties() -> None:
-    from scipy.stats import spearmanr
-
-    g = torch.Generator().manual_seed(0)
-    a = torch.randint(0, 4, (3, 30), generator=g).float()  # many ties
-    b = a + torch.randint(0, 3, (3, 30), generator=g).float()
-    ours = sanity_check.spearman(a, b)
-    for i in range(3):
-        assert ours[i].item() == pytest.approx(spearmanr(a[i].numpy(), b[i].numpy()).statistic, abs=1e-12)
-    assert sanity_check.spearman(torch.zeros(1, 5), torch.rand(1, 5)).isnan().all()  # constant map
-
-
-@pytest.mark.slow
-def test_sanity_check_reports_rank_correlation_per_layer(tmp_path: Path, checkpoint: Path, data_dir: Path) -> None:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        "data:\n  class_path: datamodules.FewShotDataModule\n  init_args:\n"
-        "    synthetic_classes: 24\n    synthetic_images_per_class: 20\n    image_size: 32\n"
-        "    eval_ways: 5\n    eval_shots: 1\n    eval_queries: 3\n"
-    )
-    out = tmp_path / "sanity.csv"
-    proc = run_script(
-        "sanity_check.py",
-        ["--ckpt_path", str(checkpoint), "--config", str(config), "--data_dir", str(data_dir),
-         "--episodes", "1", "--explainers", "fam", "gradcam", "--out", str(out), "--device", "cpu"],
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| randomised down to | fam | gradcam |" in proc.stdout
-    rows = list(csv.DictReader(out.open()))
-    layers = [r["layer"] for r in rows if r["explainer"] == "fam"]
-    assert layers[0] == "backbone.features.3.1" and layers[-1] == "backbone.features.0.0" and len(layers) == 8
-    for row in rows:
-        rho = float(row["spearman_mean"])
-        assert -1.0 <= rho <= 1.0 and int(row["num_maps"]) + int(row["num_constant"]) == 15
+    assert explain.main(["--ckpt_path", str(checkpoint), "--images", str(image_files[0]), "--explainers",
+                         "grad_fam", "eigencam", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bird.png"]  # atomic writes leave no temporary files
+    with Image.open(tmp_path / "bird.png") as image:
+        assert image.width >= 3 * 150  # photo | grad_fam | eigencam
