@@ -71,6 +71,8 @@ class ExplanationInputs:
         reference_feature_maps: optional (B, C, h, w) feature maps of those
             reference images: the callback then also shows the symmetric map
             (the reference explained against the query), as for retrieval.
+        labels: optional (B,) true class of each decision (shown in the probe grid).
+        predictions: optional (B,) class the model decided on (shown in the probe grid).
     """
 
     images: Tensor
@@ -82,6 +84,8 @@ class ExplanationInputs:
     reference_weights: Tensor | None = None
     reference_images: Tensor | None = None
     reference_feature_maps: Tensor | None = None
+    labels: Tensor | None = None
+    predictions: Tensor | None = None
 
 
 @runtime_checkable

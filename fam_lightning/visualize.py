@@ -1,10 +1,12 @@
-"""Heatmap overlays as batched torch ops (no numpy, no matplotlib): for TensorBoard grids and PNGs."""
+"""Heatmap overlays and probe grids as batched torch ops (no matplotlib); text via PIL on the host."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fam_lightning.metrics.localization import pad_boxes
@@ -64,3 +66,79 @@ def add_border(images: Tensor, correct: Tensor, thickness: int = 2) -> Tensor:
         correct.view(-1, 1, 1, 1), images.new_tensor(GREEN).view(1, 3, 1, 1), images.new_tensor(RED).view(1, 3, 1, 1)
     )
     return torch.where(frame, colors.expand_as(images), images)
+
+
+def resize_longer_side(images: Tensor, size: int) -> Tensor:
+    """(B, C, H, W) -> bilinear resize so that max(H, W) == ``size`` (aspect kept)."""
+    height, width = images.shape[-2:]
+    scale = size / max(height, width)
+    if scale == 1:
+        return images
+    target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(images, size=target, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def tile_rows(
+    rows: Sequence[Tensor], padding: int = 4, top: int = 0, left: int = 0, pad_value: float = 1.0
+) -> Tensor:
+    """R rows of (B, 3, h, w) tiles -> one (3, top + R (h + p) + p, left + B (w + p) + p) canvas.
+
+    Tile (r, b) is ``rows[r][b]``: one column per sample. ``top`` and ``left``
+    reserve blank margins (``pad_value``) for a header and row labels.
+    """
+    stacked = torch.stack(list(rows))  # (R, B, 3, h, w)
+    num_rows, num_cols, channels, height, width = stacked.shape
+    stacked = F.pad(stacked, (0, padding, 0, padding), value=pad_value)
+    canvas = stacked.permute(2, 0, 3, 1, 4).reshape(channels, num_rows * (height + padding), num_cols * (width + padding))
+    return F.pad(canvas, (left + padding, 0, top + padding, 0), value=pad_value)
+
+
+def draw_text(
+    image: Tensor,
+    texts: Sequence[tuple[int, int, str, Sequence[float]]],
+    font_size: int = 16,
+    vertical: Sequence[tuple[int, int, str, Sequence[float]]] = (),
+    vertical_font_size: int | None = None,
+    vertical_max_length: int | None = None,
+) -> Tensor:
+    """Write text onto a (3, H, W) image in [0, 1] with PIL's default font.
+
+    ``texts``: ``(x, y, text, rgb)`` items, top-left anchored. ``vertical``:
+    ``(x, y_centre, text, rgb)`` items written bottom to top (row labels),
+    each shrunk to at most ``vertical_max_length`` pixels.
+    Strokes thicken with the size, so text survives TensorBoard's
+    nearest-neighbour downscaling. Runs on the host: pass a CPU tensor (one
+    copy per image, not per item).
+    """
+    from PIL import Image, ImageDraw
+
+    font, stroke = _font(font_size), font_size // 24
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+    canvas = Image.fromarray(pixels.numpy())
+    draw = ImageDraw.Draw(canvas)
+    for x, y, text, color in texts:
+        draw.text((x, y), text, fill=_rgb(color), font=font, stroke_width=stroke, stroke_fill=_rgb(color))
+    for x, y_centre, text, color in vertical:
+        size = vertical_font_size or font_size
+        font = _font(size)
+        if vertical_max_length is not None and draw.textlength(text, font=font) > vertical_max_length:
+            font = _font(max(6, int(size * vertical_max_length / draw.textlength(text, font=font))))
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        label = Image.new("RGB", (right, bottom), (255, 255, 255))
+        ImageDraw.Draw(label).text((0, 0), text, fill=_rgb(color), font=font)
+        label = label.rotate(90, expand=True)
+        canvas.paste(label, (x, y_centre - label.height // 2))
+    return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(*pixels.shape).permute(2, 0, 1) / 255.0
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _rgb(color: Sequence[float]) -> tuple[int, ...]:
+    return tuple(round(255 * c) for c in color)

@@ -243,6 +243,8 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
             correct=predictions == batch["query_target"],
             boxes=batch.get("query_box"),
             reference_images=batch["support"][first_support],
+            labels=batch.get("query_class"),
+            predictions=None if "support_class" not in batch else batch["support_class"][first_support],
         )
 
     def explanation_inputs(self, batch: dict[str, Any]) -> ExplanationInputs:
