@@ -1,0 +1,152 @@
+"""Interrupted runs: a checkpoint on SIGTERM / Ctrl+C, RNG states for an exact mid-epoch resume.
+
+:class:`InterruptCheckpoint` is added to every run by the fam-lightning CLI.
+On SIGTERM (Lightning sets its flag and raises ``SIGTERMException`` at the
+next batch end) or SIGINT (this callback turns the first Ctrl+C into the same
+kind of stop at the next training batch end; a second one kills at once), it
+writes ``interrupted.ckpt`` beside the other checkpoints through the trainer's
+checkpoint IO (atomic with ``AtomicCheckpointIO``). The CLI then exits with
+128 + signal number and prints the resume command as its last line.
+
+The checkpoint holds the torch / numpy / python RNG states, which are put
+back when a fit restarts mid-epoch, so together with the epoch-seeded
+samplers (``datamodules.sampler.EpochSeededSampler``, which skip the batches
+already run) the resumed run continues the interrupted epoch exactly. What a
+mid-epoch resume does not restore: the running epoch-level averages of the
+training scalars (``train/*`` epoch means restart from the resumed batch).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+RNG_KEY = "fam_rng_states"
+INTERRUPTED_NAME = "interrupted.ckpt"
+
+
+class RunInterrupted(SIGTERMException):
+    """Raised at a training batch end after SIGINT: stops the run like Lightning's SIGTERM stop."""
+
+
+class InterruptCheckpoint(Callback):
+    """Save ``interrupted.ckpt`` when a fit is stopped by SIGTERM or SIGINT; restore RNGs on mid-epoch resume.
+
+    After the run, :attr:`saved_path` is the checkpoint written (None if none)
+    and :attr:`signal_number` the signal that stopped it.
+    """
+
+    def __init__(self) -> None:
+        self.saved_path: Path | None = None
+        self.signal_number: int | None = None
+        self._sigint_seen = False
+        self._previous_sigint: Any = None
+        self._rng_states: dict[str, Any] | None = None
+
+    # -- signals ------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sigint_seen = False
+        try:
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: leave Ctrl+C to Lightning
+            self._previous_sigint = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self._sigint_seen = True
+        self._restore_sigint()  # a second Ctrl+C stops at once
+        rank_zero_info("\nCtrl+C: finishing the current training step, then saving a checkpoint (Ctrl+C again to kill)")
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._sigint_seen:
+            self._sigint_seen = False
+            raise RunInterrupted(signal.SIGINT)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
+        if isinstance(exception, RunInterrupted):
+            self.signal_number = int(signal.SIGINT)
+        elif isinstance(exception, SIGTERMException):
+            self.signal_number = int(signal.SIGTERM)
+        elif isinstance(exception, KeyboardInterrupt):  # Ctrl+C outside a training step (e.g. during setup)
+            self.signal_number = int(signal.SIGINT)
+            return
+        else:
+            return
+        if not trainer.training and not trainer.validating:
+            return
+        path = self.checkpoint_dir(trainer) / INTERRUPTED_NAME
+        trainer.save_checkpoint(path)
+        self.saved_path = path
+
+    @staticmethod
+    def checkpoint_dir(trainer: L.Trainer) -> Path:
+        """Where ``interrupted.ckpt`` goes: the ModelCheckpoint folder, else ``<log dir>/checkpoints``."""
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if dirpath:
+            return Path(dirpath)
+        root = trainer.log_dir or trainer.default_root_dir
+        return Path(root) / "checkpoints"
+
+    # -- RNG states for a mid-epoch resume -------------------------------------------------
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RNG_KEY] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._rng_states = checkpoint.get(RNG_KEY)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loop = trainer.fit_loop
+        if not trainer.ckpt_path:
+            return
+        done = loop.epoch_loop.batch_progress.current.completed
+        if loop.restarted_mid_epoch:
+            if self._rng_states is not None:
+                _set_rng_states(self._rng_states)
+            rank_zero_info(
+                f"Resuming mid-epoch: epoch {trainer.current_epoch} continues at training batch {done} "
+                f"(global step {trainer.global_step}); the epoch means of train/* restart from this batch"
+            )
+        else:
+            rank_zero_info(
+                f"Resuming after epoch {trainer.current_epoch - 1} (global step {trainer.global_step}): "
+                f"epoch {trainer.current_epoch} runs as in an uninterrupted run; steps after this checkpoint were lost"
+            )
+        self._rng_states = None
+
+
+def _numpy_state() -> dict[str, Any]:
+    # as tensors and plain numbers: Lightning loads checkpoints with weights_only=True, which refuses numpy arrays
+    name, keys, *rest = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "rest": [int(rest[0]), int(rest[1]), float(rest[2])]}
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    numpy = states["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), *numpy["rest"]))
+    random.setstate(states["python"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,138 @@
+"""Failures are loud: a diverged run stops (exit != 0, no best checkpoint), SIGTERM saves and says how to resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules import FewShotDataModule
+from fam_lightning.cli import resume_command
+from fam_lightning.models import FewShotClassifier
+from fam_lightning.reliability import NonFiniteLossError, check_finite_loss
+from tests.conftest import REPO, TINY_DATA_ARGS
+from tests.test_resume import Recorder, _assert_same_run, _fewshot
+
+QUICKSTART = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), *TINY_DATA_ARGS]
+
+
+def _train_py(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_check_finite_loss_names_the_step_and_every_term() -> None:
+    check_finite_loss(3, torch.tensor(1.5), {"a": torch.tensor(1.0)})  # finite: silent
+    with pytest.raises(NonFiniteLossError, match=r"global step 7: loss=nan \(episode=inf, scale=\[1, nan\]\)"):
+        check_finite_loss(7, torch.tensor(float("nan")),
+                          {"episode": torch.tensor(float("inf")), "scale": torch.tensor([1.0, float("nan")]), "x": None})
+
+
+def test_nan_scores_give_nan_accuracy_and_are_counted(tmp_path: Path, data_dir: Path) -> None:
+    model, data = _fewshot(data_dir)
+    with torch.no_grad():
+        next(model.backbone.parameters()).fill_(float("nan"))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.validate(model, data)
+    metrics = trainer.callback_metrics
+    assert torch.isnan(metrics["val/acc"]) and torch.isnan(metrics["val/acc_ci95"])
+    assert float(metrics["val/nonfinite_scores"]) == 2 * 3 * 3  # 2 episodes x 3 ways x 3 queries
+
+
+def test_diverged_fit_exits_nonzero_names_the_step_and_keeps_no_checkpoint(tmp_path: Path, data_dir: Path) -> None:
+    proc = _train_py([*QUICKSTART, "--data.data_dir", str(data_dir), "--trainer.max_epochs", "2",
+                      "--data.train_episodes", "30", "--model.init_args.lr", "1e6"], tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    match = re.search(r"NonFiniteLossError: non-finite training loss at global step (\d+): loss=", err)
+    assert match, err[-3000:]
+    assert int(match.group(1)) < 30  # diverges in epoch 0, before any checkpoint
+    assert "loss_episode=" in err and "loss_global=" in err
+    checkpoints = list((tmp_path / "logs").rglob("*.ckpt"))
+    assert checkpoints == [], checkpoints
+
+
+def test_sigterm_saves_a_checkpoint_exits_nonzero_and_prints_the_resume_command(tmp_path: Path, data_dir: Path) -> None:
+    marker = tmp_path / "first_step_done"
+    args = [*QUICKSTART, "--data.data_dir", str(data_dir), "--trainer.max_epochs", "3",
+            "--trainer.callbacks+=tests.marker_callback.StepMarker", f"--trainer.callbacks.path={marker}"]
+    proc = _train_py(args, tmp_path)
+    deadline = time.monotonic() + 600
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    saved = tmp_path / "logs" / "quickstart" / "version_0" / "checkpoints" / "interrupted.ckpt"
+    assert saved.exists()
+    assert not list(saved.parent.glob("*.tmp"))
+    last = err.strip().splitlines()[-1].strip()
+    assert last == resume_command([str(REPO / "train.py"), *args], os.path.relpath(saved, tmp_path))
+    checkpoint = torch.load(saved, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] >= 1 and "state_dict" in checkpoint
+
+    # the printed command resumes and finishes the run
+    resumed = _train_py(last.split()[2:-2] + ["--ckpt_path", str(saved)], tmp_path)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "Resuming mid-epoch" in err + out
+
+
+def test_resume_command_replaces_an_earlier_ckpt_path() -> None:
+    assert resume_command(["train.py", "fit", "--ckpt_path", "old.ckpt", "--x", "a b"], "new.ckpt") == (
+        "python train.py fit --x 'a b' --ckpt_path new.ckpt"
+    )
+    assert resume_command(["/bin/fam-train", "fit", "--ckpt_path=old.ckpt"], "n.ckpt") == "fam-train fit --ckpt_path n.ckpt"
+
+
+class _StopAt(L.Callback):
+    """Raises Lightning's SIGTERM flag at (epoch, batch), as the signal handler would: the run stops after that batch."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, idx: int) -> None:
+        if (trainer.current_epoch, idx) == self.at:
+            trainer._signal_connector.received_sigterm = True
+
+
+def test_mid_epoch_interrupt_resumes_exactly(tmp_path: Path, data_dir: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from callbacks.guards import InterruptCheckpoint
+
+    def trainer(root: Path, *extra: L.Callback) -> tuple[L.Trainer, Recorder]:
+        recorder = Recorder()
+        return L.Trainer(
+            max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=root,
+            callbacks=[ModelCheckpoint(dirpath=root / "checkpoints"), InterruptCheckpoint(), recorder, *extra],
+        ), recorder
+
+    straight = trainer(tmp_path / "a")
+    straight[0].fit(*_fewshot(data_dir))
+
+    stopped = trainer(tmp_path / "b", _StopAt(1, 1))
+    with pytest.raises(SIGTERMException):
+        stopped[0].fit(*_fewshot(data_dir))
+    saved = tmp_path / "b" / "checkpoints" / "interrupted.ckpt"
+    assert saved.exists()
+    resumed = trainer(tmp_path / "c")
+    resumed[0].fit(*_fewshot(data_dir), ckpt_path=str(saved))
+    # stopped at the end of epoch 1's batch 1: the resumed run starts at batch 2; the epoch-level
+    # train means restart, so the logged values compared are validation's and epoch 2's
+    straight[1].batches = [b for b in straight[1].batches if (b[0], b[1]) >= (1, 2)]
+    straight[1].metrics = {k: v for k, v in straight[1].metrics.items() if k[0] >= 2 or k[1].startswith("val/")}
+    resumed[1].metrics = {k: v for k, v in resumed[1].metrics.items() if k[0] >= 2 or k[1].startswith("val/")}
+    _assert_same_run(straight, resumed, first_epoch=1)
