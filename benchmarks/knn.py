@@ -19,7 +19,6 @@ issue (1.28M x 128) unless ``--gpu-bank`` says otherwise.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import devices, time_call  # noqa: E402
+from benchmarks.common import devices, time_round_robin  # noqa: E402
 from fam_lightning.knn import KNNIndex, _faiss, faiss_gpu_available  # noqa: E402
 
 
@@ -87,16 +86,7 @@ def run(device: torch.device, n: int, dim: int, num_queries: int, k: int, repeat
         agreement[f"{name}.search"] = overlap(index.search(queries, k)[1], reference)  # also builds the index
         agreement[f"{name}.classify"] = None
 
-    # Round robin: every round times each method once, so load from other
-    # processes (and thread pools of torch and faiss waking each other) falls
-    # on all methods alike; the median over rounds is reported.
-    for fn in methods.values():
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            samples[name].append(time_call(fn, device, repeats=1, warmup=0))
-    times = {name: statistics.median(values) for name, values in samples.items()}
+    times = time_round_robin(methods, device, repeats)
 
     t_plain = times["plain (q @ bank.T).topk(k)"]
     t_faiss = times.get("faiss IndexFlatIP.search")

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import sync  # noqa: E402
 from fam_lightning.models import FewShotClassifier  # noqa: E402
 
 
@@ -109,11 +110,6 @@ def lightning_loop(args: argparse.Namespace, episodes: list[dict], device: torch
     loader = torch.utils.data.DataLoader(EpisodeList(episodes), batch_size=None, shuffle=False)
     trainer.fit(model, train_dataloaders=loader)
     return (timer.end - timer.start) / (len(episodes) - args.warmup)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
