@@ -47,7 +47,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
-from datamodules.imagenet import ImageNetDataset, ImageNetIndex, collate_with_boxes, load_image, read_imagenet_split
+from datamodules.imagenet import (
+    ImageNetDataset,
+    ImageNetIndex,
+    check_imagenet_index,
+    collate_with_boxes,
+    load_image,
+    read_imagenet_split,
+)
 from datamodules.drawing import DEFAULT_DISTRACTORS
 from datamodules.synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
 from fam_lightning.reliability import global_seed, mix_seed
@@ -208,6 +215,9 @@ class ContrastiveDataModule(L.LightningDataModule):
             ``seed`` so runs with different seeds share one data set).
         synthetic_distractors: Distractor objects per image of the synthetic
             default (never boxed; see :mod:`datamodules.drawing`).
+        verify_images: Decode every image once at setup and report all broken
+            ones together (slow on large sets; by default setup only checks
+            that every file exists and every box lies inside its image).
     """
 
     def __init__(
@@ -230,6 +240,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         synthetic_image_size: int = 96,
         synthetic_seed: int = 0,
         synthetic_distractors: int = DEFAULT_DISTRACTORS,
+        verify_images: bool = False,
     ) -> None:
         super().__init__()
         if image_size < 1 or batch_size < 1:
@@ -247,6 +258,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.cache_images = cache_images
         self.boxes_dir = boxes_dir
         self.seed = seed
+        self.verify_images = verify_images
         self.synthetic_params = {
             "num_classes": synthetic_classes,
             "train_per_class": synthetic_train_per_class,
@@ -279,14 +291,18 @@ class ContrastiveDataModule(L.LightningDataModule):
         self._ensure_data()
 
     def split_index(self, split: str) -> ImageNetIndex:
-        """The listing of "train" (no boxes read) or "val" (boxes read, labels in train's order)."""
+        """The checked listing of "train" (no boxes read) or "val" (boxes read, labels in train's order).
+
+        Checked when first listed (:func:`datamodules.imagenet.check_imagenet_index`).
+        """
         if split not in self._indices:
             root = self._ensure_data()
             if split == "train":
-                self._indices[split] = read_imagenet_split(root, "train", self.boxes_dir, read_boxes=False)
+                index = read_imagenet_split(root, "train", self.boxes_dir, read_boxes=False)
             else:
                 wnids = self.split_index("train").wnids
-                self._indices[split] = read_imagenet_split(root, split, self.boxes_dir, wnids=wnids)
+                index = read_imagenet_split(root, split, self.boxes_dir, wnids=wnids)
+            self._indices[split] = check_imagenet_index(index, self.verify_images)
         return self._indices[split]
 
     @property

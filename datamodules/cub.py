@@ -17,6 +17,7 @@ image is resized to ``S x S`` without cropping, so the boxes stay exact.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from . import checks
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -190,6 +193,37 @@ def read_cub_metadata(root: str | Path) -> CUBMetadata:
         boxes_xywh=_parse_boxes(root / "bounding_boxes.txt", tables["bounding_boxes.txt"], image_ids),
         class_names=class_names,
     )
+
+
+def check_cub_data(meta: CUBMetadata, verify_images: bool = False) -> CUBMetadata:
+    """Check a CUB folder before training; every problem of a kind is reported in one message.
+
+    Every image of images.txt must exist (one stat each, no decode); every box
+    of bounding_boxes.txt is checked against its image's size read from the
+    file header: partly outside is clipped (one warning with the count and an
+    example), no area inside is an error naming the file and line. With
+    ``verify_images`` every image is also decoded once.
+
+    Returns:
+        ``meta`` with the clipped boxes.
+
+    Raises:
+        FileNotFoundError: Listing the missing images.
+        ValueError: Listing unreadable images or boxes outside their image.
+    """
+    root = meta.root
+    paths = [root / "images" / p for p in meta.paths]
+    checks.check_files_exist(paths, f"images listed in {root / 'images.txt'}")
+    sizes = checks.read_image_sizes(paths, f"images of {root}")
+    box_file = root / "bounding_boxes.txt"
+    lines = {key: line for key, (line, _) in _index_by_id(box_file, _read_table(box_file, 5)).items()}
+    sources = [f"{box_file}, line {lines[i]} (images/{p})" for i, p in zip(meta.image_ids, meta.paths)]
+    corners = [[(x, y, x + w, y + h)] for x, y, w, h in meta.boxes_xywh]
+    clipped = checks.check_boxes(corners, sizes, sources, str(box_file))
+    if verify_images:
+        checks.verify_images(paths, f"images of {root}")
+    boxes = [(x0, y0, x1 - x0, y1 - y0) for ((x0, y0, x1, y1),) in clipped]
+    return dataclasses.replace(meta, boxes_xywh=boxes)
 
 
 def _parse_labels(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, CUBMetadata, read_cub_metadata
+from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, CUBMetadata, check_cub_data, read_cub_metadata
 from datamodules.synthetic import DEFAULT_DISTRACTORS, default_synthetic_root, write_synthetic_cub
 
 
@@ -27,8 +27,10 @@ class CUBSource:
         image_size: int,
         seed: int,
         distractors: int = DEFAULT_DISTRACTORS,
+        verify_images: bool = False,
     ) -> None:
         self.root = root
+        self.verify_images = verify_images
         self.data_dir = data_dir
         self.synthetic_params = {
             "num_classes": classes,
@@ -61,7 +63,11 @@ class CUBSource:
 
     @property
     def metadata(self) -> CUBMetadata:
-        """Parsed metadata of ``data_root`` (written first for the synthetic default)."""
+        """Parsed and checked metadata of ``data_root`` (written first for the synthetic default).
+
+        The first access checks the folder (:func:`datamodules.cub.check_cub_data`):
+        missing images and boxes outside their image are reported before training.
+        """
         if self._metadata is None:
-            self._metadata = read_cub_metadata(self._ensure_data())
+            self._metadata = check_cub_data(read_cub_metadata(self._ensure_data()), self.verify_images)
         return self._metadata

@@ -59,6 +59,9 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
             ``seed`` so runs with different seeds share one data set).
         synthetic_distractors: Distractor objects per image of the synthetic
             default (never boxed; see :mod:`datamodules.drawing`).
+        verify_images: Decode every image once at setup and report all broken
+            ones together (slow on large sets; by default setup only checks
+            that every file exists and every box lies inside its image).
     """
 
     def __init__(
@@ -84,12 +87,13 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         synthetic_image_size: int = 96,
         synthetic_seed: int = 0,
         synthetic_distractors: int = DEFAULT_DISTRACTORS,
+        verify_images: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._init_source(
             root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed,
-            synthetic_distractors,
+            synthetic_distractors, verify_images=verify_images,
         )
         self.image_size = image_size
         self.train_ways, self.train_shots, self.train_queries = train_ways, train_shots, train_queries

@@ -36,6 +36,7 @@ Boxes are finally clipped to the image, ``[0, S]``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -49,6 +50,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, load_resized_image
+
+from . import checks
 
 SPLITS: tuple[str, ...] = ("train", "val")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpeg", ".jpg", ".png")
@@ -247,6 +250,42 @@ def read_imagenet_split(
         box_sizes=sizes,
         box_files=files,
     )
+
+
+def check_imagenet_index(index: ImageNetIndex, verify_images: bool = False) -> ImageNetIndex:
+    """Check a listed split before training; every problem of a kind is reported in one message.
+
+    Every image must exist (one stat each). Images with boxes: the image size
+    is read from the file header (no decode); a VOC ``<size>`` whose aspect
+    ratio contradicts it warns; boxes are checked against the annotated size
+    (``<size>``, else the header's): partly outside is clipped (one warning),
+    no area inside is an error naming the XML file and object. With
+    ``verify_images`` every image is also decoded once.
+
+    Returns:
+        ``index`` with the clipped boxes.
+
+    Raises:
+        FileNotFoundError: Listing the missing images.
+        ValueError: Listing unreadable images or boxes outside their image.
+    """
+    what = f"images of {index.root / index.split}"
+    checks.check_files_exist(index.paths, what)
+    boxed = [i for i, boxes in enumerate(index.boxes) if boxes]
+    if boxed:
+        header = checks.read_image_sizes([index.paths[i] for i in boxed], f"boxed {what}")
+        declared = [index.box_sizes[i] for i in boxed]
+        sources = [str(index.box_files[i]) for i in boxed]
+        checks.check_aspect_ratios(declared, header, sources, f"the boxes of {index.root / index.split}")
+        reference = [size or real for size, real in zip(declared, header)]
+        clipped = checks.check_boxes([index.boxes[i] for i in boxed], reference, sources, f"{index.root / index.split}")
+        boxes = list(index.boxes)
+        for i, kept in zip(boxed, clipped):
+            boxes[i] = kept
+        index = dataclasses.replace(index, boxes=boxes)
+    if verify_images:
+        checks.verify_images(index.paths, what)
+    return index
 
 
 def _class_folders(split_dir: Path) -> list[str]:

@@ -77,6 +77,9 @@ class RetrievalDataModule(CUBSource, L.LightningDataModule):
         flip: Random horizontal flips in training (boxes follow).
         num_workers, pin_memory, cache_images, seed: as in FewShotDataModule.
         synthetic_*: parameters of the synthetic default.
+        verify_images: Decode every image once at setup and report all broken
+            ones together (slow on large sets; by default setup only checks
+            that every file exists and every box lies inside its image).
     """
 
     def __init__(
@@ -99,13 +102,14 @@ class RetrievalDataModule(CUBSource, L.LightningDataModule):
         synthetic_image_size: int = 96,
         synthetic_seed: int = 0,
         synthetic_distractors: int = DEFAULT_DISTRACTORS,
+        verify_images: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.image_size = image_size
         self._init_source(
             root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed,
-            synthetic_distractors,
+            synthetic_distractors, verify_images=verify_images,
         )
         self._sets: dict[str, IndexedDataset] = {}
 
