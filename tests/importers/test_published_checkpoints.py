@@ -225,3 +225,20 @@ def test_validate_cli_reports_knn_top1_and_fam_metrics_of_an_imported_checkpoint
     assert _printed("val/knn_top1", out) == pytest.approx(expected, abs=1e-3)
     for metric in ("val/fam_energy_pointing_game", "val/fam_iou", "val/fam_average_drop"):
         assert math.isfinite(_printed(metric, out)), metric
+
+
+def test_a_checkpoint_saved_after_import_reloads_without_the_original_file(tmp_path: Path) -> None:
+    path = tmp_path / "moco.pth.tar"
+    write_moco_checkpoint(path, _source_resnet18("linear", seed=0), None, "module.")
+    model = MemoryBankModel(method="moco", backbone="resnet18", head="linear", import_checkpoint=str(path),
+                            bank_size=8)
+    checkpoint = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    path.unlink()
+    assert model.hparams.import_checkpoint == str(path)  # the live model's hparams are left alone
+    restored = MemoryBankModel(**checkpoint["hyper_parameters"])
+    restored.load_state_dict(checkpoint["state_dict"])
+    restored.on_load_checkpoint(checkpoint)
+    assert not restored.bank_filled  # still to be computed over the training set
+    images = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(restored.eval()(images), model.eval()(images))
