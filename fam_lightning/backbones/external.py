@@ -188,6 +188,13 @@ def _dry_run(name: str, run: object, module: nn.Module, sides: Sequence[int], fr
                     f"backbone {name!r} returns {tuple(out.shape)} from forward_features, not (B, C, h, w) "
                     "feature maps (a token sequence?); FAM needs convolutional feature maps"
                 )
+            expected = getattr(module, "num_features", None)
+            if expected is not None and out.shape[1] != expected and out.shape[-1] == expected:
+                raise ValueError(
+                    f"backbone {name!r} returns channels-last {tuple(out.shape)} from forward_features; "
+                    "FAM needs (B, C, h, w): wrap it with fam_lightning.adapter.SimilarityAdapter("
+                    "..., reshape_transform=lambda a: a.permute(0, 3, 1, 2))"
+                )
             if freeze_unused:
                 _freeze_unreached(module, out)
             return int(out.shape[1])
