@@ -26,7 +26,7 @@ from fam_lightning.importers.npid import LEMNISCATE_MODULES, read_npid
 if TYPE_CHECKING:
     from fam_lightning.models import MemoryBankModel
 
-__all__ = ["ImportedModel", "import_into", "read_moco", "read_npid", "read_published_checkpoint"]
+__all__ = ["ImportedModel", "import_into", "model_for", "read_moco", "read_npid", "read_published_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def read_published_checkpoint(path: str | Path) -> ImportedModel:
     return read_moco(path, checkpoint)
 
 
-def import_into(model: MemoryBankModel, path: str | Path) -> ImportedModel:
-    """Load a published NPID / MoCo checkpoint into ``model`` (weights, bank, queue).
+def import_into(model: MemoryBankModel, path: str | Path | ImportedModel) -> ImportedModel:
+    """Load a published NPID / MoCo checkpoint (a file, or one already read) into ``model``.
 
     The model must have the checkpoint's architecture (checked, each mismatch
     named with the option that fixes it). NPID's memory becomes the bank
@@ -62,7 +62,8 @@ def import_into(model: MemoryBankModel, path: str | Path) -> ImportedModel:
     model's bank is marked unfilled and computed over the training set before
     the first evaluation.
     """
-    imported = read_published_checkpoint(path)
+    imported = path if isinstance(path, ImportedModel) else read_published_checkpoint(path)
+    path = imported.path
     hp = model.hparams
     method = "npid" if imported.source == "npid" else "moco"
     wanted = {"method": method, "backbone": imported.arch, "head": imported.head,
@@ -89,3 +90,20 @@ def import_into(model: MemoryBankModel, path: str | Path) -> ImportedModel:
         model.bank_filled = False
     log.info("imported %s %s from %s (epoch %s)", imported.source, imported.arch, path, imported.extras.get("epoch"))
     return imported
+
+
+def model_for(imported: ImportedModel, **kwargs: object) -> MemoryBankModel:
+    """A :class:`~fam_lightning.models.MemoryBankModel` shaped like ``imported``, its weights loaded.
+
+    Args:
+        imported: a checkpoint read by :func:`read_published_checkpoint`.
+        **kwargs: further model arguments (``bank_size``, ``knn_k``, ...).
+    """
+    from fam_lightning.models import MemoryBankModel
+
+    model = MemoryBankModel(
+        method="npid" if imported.source == "npid" else "moco", backbone=imported.arch, backbone_slope=0.0,
+        head=imported.head, embedding_dim=imported.embedding_dim, **kwargs,
+    )
+    import_into(model, imported)
+    return model

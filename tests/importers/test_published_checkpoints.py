@@ -242,3 +242,27 @@ def test_a_checkpoint_saved_after_import_reloads_without_the_original_file(tmp_p
     assert not restored.bank_filled  # still to be computed over the training set
     images = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(restored.eval()(images), model.eval()(images))
+
+
+def test_converter_writes_a_lightning_checkpoint_that_loads_safely(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from fam_lightning.importers.__main__ import main
+
+    source = _source_resnet18("linear", seed=0)
+    memory = F.normalize(torch.randn(12, DIM), dim=1)
+    write_lemniscate_checkpoint(tmp_path / "npid.pth.tar", source, memory, monkeypatch)
+    main([str(tmp_path / "npid.pth.tar"), str(tmp_path / "npid.ckpt")])
+    (tmp_path / "npid.pth.tar").unlink()
+    torch.load(tmp_path / "npid.ckpt", weights_only=True)  # tensors and plain values only
+    model = MemoryBankModel.load_from_checkpoint(tmp_path / "npid.ckpt").eval()
+    images = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(images), _embed(source, images), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.bank.bank, memory)
+
+    write_moco_checkpoint(tmp_path / "moco.pth.tar", _source_resnet18("mlp", seed=0), None, "")
+    with pytest.raises(ValueError, match="--bank-size"):
+        main([str(tmp_path / "moco.pth.tar"), str(tmp_path / "moco.ckpt")])
+    main([str(tmp_path / "moco.pth.tar"), str(tmp_path / "moco.ckpt"), "--bank-size", "20"])
+    checkpoint = torch.load(tmp_path / "moco.ckpt", weights_only=True)
+    assert checkpoint["memory_bank_filled"] is False and checkpoint["hyper_parameters"]["head"] == "mlp"
+    assert not MemoryBankModel.load_from_checkpoint(tmp_path / "moco.ckpt").bank_filled
