@@ -310,6 +310,8 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
             reference_weights=votes * same_class,
             correct=predictions == batch["label"],
             boxes=batch.get("boxes"),
+            labels=batch["label"],
+            predictions=predictions,
         )
 
     def explanation_inputs(self, batch: dict[str, Any], num_neighbours: int = 3) -> ExplanationInputs:

@@ -173,6 +173,8 @@ class RetrievalModel(ReliableTraining, L.LightningModule):
             references=self._gallery["embeddings"][rows].unsqueeze(1),  # (B, 1, D)
             correct=self._gallery["labels"][rows] == batch["label"],
             boxes=batch.get("box"),
+            labels=batch["label"],
+            predictions=self._gallery["labels"][rows],  # the class of the retrieved image
         )
         if with_reference:
             datamodule = self.trainer.datamodule
