@@ -24,9 +24,17 @@ from datamodules.cub_source import CUBSource
 from datamodules.drawing import DEFAULT_DISTRACTORS
 from datamodules.sampler import ClassBalancedBatchSampler, ShardSampler
 
+from fam_lightning.reliability import global_seed, mix_seed
+
+from .sampler import fit_progress
+
 
 class IndexedDataset(Dataset):
-    """Adds ``"index"`` (the item's position) to every item dict, and optional flips for training."""
+    """Adds ``"index"`` (the item's position) to every item dict, and optional flips for training.
+
+    A key may be ``(index, item_seed)`` (``ClassBalancedBatchSampler(item_seeds=True)``):
+    the flip is then drawn from the seed, so a resumed run flips as the uninterrupted one.
+    """
 
     def __init__(self, dataset: CUBDataset, flip: bool = False) -> None:
         self.dataset = dataset
@@ -36,10 +44,12 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, item_seed = key if isinstance(key, tuple) else (key, None)
         item = dict(self.dataset[index])
         item["index"] = index
-        if self.flip and torch.rand(()) < 0.5:
+        generator = None if item_seed is None else torch.Generator().manual_seed(item_seed)
+        if self.flip and torch.rand((), generator=generator) < 0.5:
             width = item["image"].shape[-1]
             item["image"] = item["image"].flip(-1)
             x0, y0, x1, y1 = item["box"].unbind()
@@ -140,10 +150,16 @@ class RetrievalDataModule(CUBSource, L.LightningDataModule):
         train = self._split("train")
         sampler = ClassBalancedBatchSampler(
             train.labels, self.hparams.classes_per_batch, self.hparams.samples_per_class,
-            self.hparams.train_batches, seed=self.hparams.seed,
+            self.hparams.train_batches, seed=mix_seed(global_seed(), self.hparams.seed),
+            progress=self._progress, item_seeds=True,
         )
+        # Its own generator: the worker base seed must not come from (and shift) the global RNG.
         return DataLoader(train, batch_sampler=sampler, num_workers=self.hparams.num_workers,
+                          generator=torch.Generator().manual_seed(self.hparams.seed),
                           pin_memory=self.hparams.pin_memory, persistent_workers=self.hparams.num_workers > 0)
+
+    def _progress(self) -> tuple[int, int]:
+        return fit_progress(self.trainer, all_ranks=False)  # this sampler splits ranks itself
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=ShardSampler(len(dataset)),

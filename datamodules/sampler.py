@@ -66,6 +66,12 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             (1 when it is not initialised).
         rank: This process's rank; None reads ``torch.distributed`` (0 when
             it is not initialised).
+        progress: Returns ``(epoch, batches of it to skip)`` when iteration
+            starts (see :func:`fit_progress`): a resumed fit draws the batches
+            of the right epoch, not epoch 0's (Lightning builds the first
+            iterator before it calls ``set_epoch``). None uses ``set_epoch``.
+        item_seeds: Yield ``(index, item_seed)`` pairs instead of indices, so a
+            data set can draw per-item randomness (flips) from ``(seed, epoch, rank, position)``.
 
     Raises:
         ValueError: If ``labels`` is not a non-empty 1-D integer tensor, a
@@ -82,6 +88,8 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        progress: Callable[[], tuple[int, int]] | None = None,
+        item_seeds: bool = False,
     ) -> None:
         labels = torch.as_tensor(labels)
         if labels.ndim != 1 or labels.numel() == 0 or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -109,6 +117,8 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
+        self.progress = progress
+        self.item_seeds = item_seeds
         self.epoch = 0
 
     @property
@@ -128,11 +138,18 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.num_batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
         num_replicas, rank = self._replicas_and_rank()
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, rank, num_replicas))
-        for _ in range(self.num_batches):
-            yield self._draw_batch(generator).tolist()
+        epoch, skip = self.progress() if self.progress is not None else (self.epoch, 0)
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, rank, num_replicas))
+        for batch in range(self.num_batches):
+            indices = self._draw_batch(generator).tolist()
+            if batch < skip:
+                continue
+            if self.item_seeds:
+                yield [(i, mix_seed(self.seed, epoch, rank, batch, k)) for k, i in enumerate(indices)]
+            else:
+                yield indices
 
     def _replicas_and_rank(self) -> tuple[int, int]:
         initialised = dist.is_available() and dist.is_initialized()
@@ -198,14 +215,15 @@ class ShardSampler(torch.utils.data.Sampler[int]):
         return len(range(rank, self.length, replicas))
 
 
-def fit_progress(trainer: Any, items_per_batch: int = 1) -> tuple[int, int]:
+def fit_progress(trainer: Any, items_per_batch: int = 1, all_ranks: bool = True) -> tuple[int, int]:
     """``(epoch, sampler items of it already consumed, all ranks together)`` as Lightning's fit loop counts them.
 
     Read when a training iterator starts. Lightning builds the first iterator of
     a (resumed) fit before it calls ``set_epoch``, so samplers read the epoch
     here instead. Restarted from a mid-epoch checkpoint (the epoch was started
     but not processed), the second value is what to skip: batches run x items
-    per batch x world size; otherwise 0. ``(0, 0)`` without a trainer.
+    per batch (x world size with ``all_ranks``, for samplers that Lightning
+    splits across ranks); otherwise 0. ``(0, 0)`` without a trainer.
     """
     if trainer is None:
         return 0, 0
@@ -215,7 +233,7 @@ def fit_progress(trainer: Any, items_per_batch: int = 1) -> tuple[int, int]:
     if epochs.started <= epochs.processed:
         return epoch, 0
     done = int(loop.epoch_loop.batch_progress.current.completed)
-    return epoch, done * items_per_batch * max(1, int(trainer.world_size))
+    return epoch, done * items_per_batch * (max(1, int(trainer.world_size)) if all_ranks else 1)
 
 
 class EpochSeededSampler(Sampler[tuple[int, int]]):

@@ -110,3 +110,21 @@ def test_resume_with_a_longer_horizon_stops_and_says_how(tmp_path: Path, data_di
     _fit(*_fewshot(data_dir), tmp_path / "a", max_epochs=1)
     with pytest.raises(ScheduleHorizonError, match=r"T_max=1 .*max_epochs=3.*--trainer.max_epochs 1"):
         _fit(*_fewshot(data_dir), tmp_path / "b", ckpt_path=str(tmp_path / "a" / "checkpoints" / "epoch0.ckpt"))
+
+
+def _retrieval(data_dir: Path) -> tuple[L.LightningModule, L.LightningDataModule]:
+    from datamodules import RetrievalDataModule
+    from fam_lightning.models import RetrievalModel
+
+    L.seed_everything(0)
+    data = RetrievalDataModule(
+        data_dir=str(data_dir), image_size=32, classes_per_batch=3, samples_per_class=2, train_batches=3,
+        batch_size=32, explain_queries=4, synthetic_classes=24, synthetic_images_per_class=20,
+    )
+    return RetrievalModel(backbone="conv4", embedding_dim=16, ks=(1, 2)), data
+
+
+def test_retrieval_resume_matches_the_straight_run_flips_included(tmp_path: Path, data_dir: Path) -> None:
+    straight = _fit(*_retrieval(data_dir), tmp_path / "a")
+    resumed = _fit(*_retrieval(data_dir), tmp_path / "b", ckpt_path=str(tmp_path / "a" / "checkpoints" / "epoch0.ckpt"))
+    _assert_same_run(straight, resumed)
