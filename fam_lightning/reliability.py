@@ -89,6 +89,19 @@ def _describe(value: Tensor) -> str:
     return "[" + ", ".join(f"{v:.6g}" for v in value.flatten().tolist()) + "]"
 
 
+def check_finite_weights(module: torch.nn.Module, step: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first tensors with inf / NaN (one host sync)."""
+    tensors = [(name, t) for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_floating_point()]
+    if not tensors or bool(torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors]).all()):
+        return
+    bad = [name for name, t in tensors if not bool(torch.isfinite(t.detach()).all())]
+    raise NonFiniteLossError(
+        f"non-finite weights after global step {step} (the last update of the epoch diverged): "
+        f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. The run stops before validating or saving "
+        "this model; lower the learning rate (model.init_args.lr)"
+    )
+
+
 class ScheduleHorizonError(ValueError):
     """A resumed run asks for another ``max_epochs`` than the learning-rate schedule was built for."""
 
@@ -133,7 +146,9 @@ def nan_if_nonfinite(value: Tensor, nonfinite: Tensor) -> Tensor:
 
 
 class ReliableTraining:
-    """LightningModule mixin: per-epoch reseeding and the schedule-horizon check on resume.
+    """LightningModule mixin: per-epoch reseeding, the schedule-horizon check on resume, and a
+    finite-weights check before every validation of a fit (so no checkpoint of a diverged
+    model is saved, even when the loss of the last step was still finite).
 
     Put it before ``L.LightningModule`` in the bases; a subclass overriding one of
     these hooks calls ``super()``.
@@ -141,6 +156,11 @@ class ReliableTraining:
 
     def on_train_epoch_start(self) -> None:
         seed_epoch(self.trainer.current_epoch, self.trainer.global_rank)  # type: ignore[attr-defined]
+
+    def on_validation_start(self) -> None:
+        trainer = self.trainer  # type: ignore[attr-defined]
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            check_finite_weights(self, trainer.global_step)  # type: ignore[arg-type]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainer = getattr(self, "_trainer", None)

@@ -136,3 +136,24 @@ def test_mid_epoch_interrupt_resumes_exactly(tmp_path: Path, data_dir: Path) -> 
     straight[1].metrics = {k: v for k, v in straight[1].metrics.items() if k[0] >= 2 or k[1].startswith("val/")}
     resumed[1].metrics = {k: v for k, v in resumed[1].metrics.items() if k[0] >= 2 or k[1].startswith("val/")}
     _assert_same_run(straight, resumed, first_epoch=1)
+
+
+class _PoisonAfterLastStep(L.Callback):
+    """Turns a weight into NaN after the last training step of epoch 0, when that step's loss was finite."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.current_epoch == 0 and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            with torch.no_grad():
+                pl_module.logit_scale.fill_(float("nan"))
+
+
+def test_weights_that_diverged_on_the_last_step_are_never_validated_or_saved(tmp_path: Path, data_dir: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    model, data = _fewshot(data_dir)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/acc", mode="max", save_last=True)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        num_sanity_val_steps=0, callbacks=[checkpoints, _PoisonAfterLastStep()], default_root_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights after global step 3 .*: logit_scale"):
+        trainer.fit(model, data)
+    assert not list(tmp_path.rglob("*.ckpt"))
