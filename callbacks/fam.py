@@ -160,6 +160,8 @@ class FAMCallback(L.Callback):
         self._explainers: dict[str, Explainer] = {}
         # set by the step-0 pass (or restored on resume): {tag: value}, logged at every validation
         self.untrained: dict[str, float] = {}
+        # during the step-0 pass: energy of every decision, right or wrong (the class-agnostic baseline)
+        self._untrained_energy: nn.ModuleDict | None = None
         self._initial_done = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -220,15 +222,15 @@ class FAMCallback(L.Callback):
             return
         if self._metrics_active:
             for tag, value in self._metric_values("val").items():
-                pl_module.log(tag, value)
+                pl_module.log(tag, value, sync_dist=True)  # already reduced by torchmetrics; marks it so under DDP
         for tag, value in self.untrained.items():  # the flat reference line
-            pl_module.log(tag, value)
+            pl_module.log(tag, value, sync_dist=True)
         if _due(trainer, self.every_n_epochs):
             self._log_probe_grid(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for tag, value in self._metric_values("test").items():
-            pl_module.log(tag, value)
+            pl_module.log(tag, value, sync_dist=True)
         self._log_probe_grid(trainer, pl_module, "test")
 
     # -- step 0: the untrained model ----------------------------------------------------
@@ -242,6 +244,9 @@ class FAMCallback(L.Callback):
         model_metrics = _metric_states(pl_module)
         self._metrics_active = True
         self._reset(pl_module)
+        if self.compute_localization:
+            self._untrained_energy = nn.ModuleDict({name: EnergyPointingGame() for name in self.explainer_names})
+            self._untrained_energy.to(pl_module.device)
         pl_module.eval()
         try:
             with torch.inference_mode(), _muted_logging(pl_module):
@@ -256,7 +261,7 @@ class FAMCallback(L.Callback):
                             outputs = pl_module.validation_step(*args)
                         self._update(pl_module, outputs, batch_idx)
                 values = self._metric_values("val")  # a collective under DDP: every rank gets here
-                self._remember_untrained(values)
+                self.untrained = self._untrained_values()
                 for logger in trainer.loggers:  # rank-zero-only loggers
                     logger.log_metrics({**{k: float(v) for k, v in values.items()}, **self.untrained}, step=0)
                 self._log_probe_grid(trainer, pl_module, "val")  # needs the model's eval state (gallery)
@@ -265,17 +270,21 @@ class FAMCallback(L.Callback):
             for module, training in modes.items():
                 module.training = training
             self._reset(pl_module)
+            self._untrained_energy = None
 
-    def _remember_untrained(self, values: dict[str, Tensor]) -> None:
-        """The untrained model's energy per explainer, when it was measured on any sample."""
-        self.untrained = {}
-        for name, metrics in self.metrics.items():
-            tag = f"val/{name}_energy_pointing_game"
-            energy = metrics["energy_pointing_game"]
-            with energy.sync_context():
-                measured = int(energy.num_samples) > 0
-            if tag in values and measured:
-                self.untrained[f"val/{name}_energy_untrained"] = float(values[tag])
+    def _untrained_values(self) -> dict[str, float]:
+        """``{val/<explainer>_energy_untrained: percent}`` for explainers measured on any decision.
+
+        Over every decision of the step-0 pass, right or wrong: the untrained
+        model's maps are class-agnostic, and few of its decisions are right.
+        """
+        if self._untrained_energy is None:
+            return {}
+        return {
+            f"val/{name}_energy_untrained": float(100.0 * energy.compute())
+            for name, energy in self._untrained_energy.items()
+            if _measured(energy)  # every rank takes the same branches: both are collectives
+        }
 
     # -- metrics ------------------------------------------------------------------------
     def _reset(self, pl_module: L.LightningModule) -> None:
@@ -307,6 +316,8 @@ class FAMCallback(L.Callback):
                 f"{type(pl_module).__name__}'s eval step must return {{'explain': ExplanationInputs}} "
                 f"(or None for batches without decisions) for FAMCallback, got {type(outputs).__name__}"
             )
+        if self._untrained_energy is not None:
+            self._update_untrained(inputs)
         # The paper evaluates correct decisions only: one index sync per batch.
         keep = inputs.correct.nonzero().squeeze(1)
         if keep.numel() == 0:
@@ -337,6 +348,14 @@ class FAMCallback(L.Callback):
                 metrics["deletion_auc"].update(deletion)
                 metrics["insertion_auc"].update(insertion)
 
+    def _update_untrained(self, inputs: ExplanationInputs) -> None:
+        boxed, boxes = _annotated(inputs.boxes)
+        if boxes is None:
+            return
+        for name, energy in self._untrained_energy.items():
+            maps = self.explain(inputs, name)
+            energy.update(maps if boxed is None else maps[boxed], boxes)
+
     @staticmethod
     def faithfulness_scores(
         pl_module: L.LightningModule, inputs: ExplanationInputs, maps: Tensor
@@ -359,9 +378,9 @@ class FAMCallback(L.Callback):
         return y, o
 
     def _metric_values(self, stage: str) -> dict[str, Tensor]:
-        """``{tag: value}`` of every enabled metric (percent, AUCs raw); a collective under DDP."""
+        """``{tag: value}`` of every enabled metric that saw a sample (percent, AUCs raw); a collective under DDP."""
         values: dict[str, Tensor] = {}
-        if self.compute_localization:
+        if self.compute_localization and _measured(self.uniform_energy):
             values[f"{stage}/fam_energy_uniform_baseline"] = 100.0 * self.uniform_energy.compute()
         enabled = {
             "energy_pointing_game": self.compute_localization, "iou": self.compute_localization,
@@ -370,8 +389,8 @@ class FAMCallback(L.Callback):
         }
         for explainer, metrics in self.metrics.items():
             for name, metric in metrics.items():
-                if not enabled[name]:
-                    continue
+                if not enabled[name] or not _measured(metric):
+                    continue  # no decision to score (e.g. none right yet): no value, rather than a made-up 0
                 value = metric.compute()
                 if name in LOCALIZATION:
                     value = 100.0 * value
@@ -526,6 +545,15 @@ def _metric_set(iou_threshold: float, deletion_insertion: bool = False) -> nn.Mo
     if deletion_insertion:
         metrics.update(deletion_auc=DeletionAUC(), insertion_auc=InsertionAUC())
     return nn.ModuleDict(metrics)
+
+
+def _measured(metric: Metric) -> bool:
+    """Whether any rank gave ``metric`` a sample (NaN samples count: they must show). A collective under DDP."""
+    counts = [name for name in ("num_samples", "num_valid", "num_excluded", "num_nan") if hasattr(metric, name)]
+    if isinstance(metric, (AverageDrop, IncreaseInConfidence)):
+        counts.remove("num_excluded")  # Y <= 0 only: excluded samples give no value
+    with metric.sync_context():
+        return bool(sum(int(getattr(metric, name)) for name in counts) > 0)
 
 
 def _round_off_rtol(dtype: torch.dtype) -> float:

@@ -30,9 +30,10 @@ def test_two_process_ddp_fit_with_fam_callback(tmp_path: Path, data_dir: Path) -
         cwd=tmp_path,
     )
     scalars, images = read_events(tmp_path / "logs" / "quickstart" / "version_0")
-    assert len(set(images["val/fam_probe"])) == 2  # rank zero logs one grid per validation
-    for tag in ("val/acc", "val/fam_energy_pointing_game", "val/fam_iou", "val/fam_average_drop"):
-        assert len(scalars[tag]) == 2
+    assert len(set(images["val/fam_probe"])) == 3  # rank zero logs one grid at step 0 and one per validation
+    assert len(scalars["val/acc"]) == 2
+    for tag in ("val/fam_energy_pointing_game", "val/fam_iou", "val/fam_average_drop", "val/fam_energy_untrained"):
+        assert len(scalars[tag]) == 3 and scalars[tag][0][0] == 0, tag  # step 0: the untrained model
 
 
 def _free_port() -> int:

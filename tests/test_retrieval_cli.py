@@ -21,7 +21,8 @@ def test_retrieval_fit_logs_recall_and_fam(loss: str, tmp_path: Path, data_dir: 
         cwd=tmp_path,
     )
     scalars, images = read_events(tmp_path / "logs" / f"{loss}_synthetic" / "version_0")
-    assert len(set(images["val/fam_probe"])) == 2
+    assert sorted(set(images["val/fam_probe"]))[0] == 0 and len(set(images["val/fam_probe"])) == 3  # step 0 + 2
+    assert scalars["val/fam_energy_untrained"][0][0] == 0
     for tag in ("val/recall@1", "val/recall@8", "val/map@r", "val/fam_energy_pointing_game", "val/fam_iou", "train/loss"):
         assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
     recall = dict(scalars["val/recall@1"])

@@ -9,6 +9,7 @@ import torch
 
 from callbacks import FAMCallback
 from fam_lightning.metrics import (
+    EnergyPointingGame,
     IncreaseInConfidence,
     average_drop,
     deletion_insertion_auc,
@@ -275,3 +276,26 @@ def test_draw_boxes_skips_images_without_boxes() -> None:
     drawn = draw_boxes(images, [torch.empty(0, 4), torch.tensor([[2.0, 2.0, 8.0, 8.0]])], color=(1.0, 1.0, 1.0))
     assert drawn[0].sum() == 0
     assert drawn[1, 0, 2, 2:8].eq(1).all() and drawn[1, 0, 5, 5] == 0
+
+
+def test_untrained_energy_scores_every_decision_right_or_wrong() -> None:
+    """The step-0 baseline is class-agnostic: it uses all decisions, while the metrics use the right ones."""
+    callback, model, batch = _setup()
+    callback._untrained_energy = torch.nn.ModuleDict({"fam": EnergyPointingGame()})
+    with torch.inference_mode():
+        inputs = model.explanation_inputs(batch)
+        callback._update(model, {"explain": inputs}, batch_idx=0)
+        maps = callback.explain(inputs)
+    assert 0 < int(inputs.correct.sum()) < inputs.correct.numel()
+    expected = 100.0 * energy_pointing_game(maps, batch["query_box"]).mean()
+    assert callback._untrained_values() == {"val/fam_energy_untrained": pytest.approx(float(expected), rel=1e-5)}
+    assert int(callback.metrics["fam"]["energy_pointing_game"].num_samples) == int(inputs.correct.sum())
+
+
+def test_metrics_without_a_scored_decision_give_no_value_rather_than_zero() -> None:
+    callback, model, batch = _setup()
+    with torch.inference_mode():
+        inputs = model.explanation_inputs(batch)
+        inputs.correct = torch.zeros_like(inputs.correct)  # nothing right yet (an untrained retriever)
+        callback._update(model, {"explain": inputs}, batch_idx=0)
+    assert callback._metric_values("val") == {}
