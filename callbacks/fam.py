@@ -13,9 +13,11 @@ the maps evolving.
 Before the first training step (``log_initial``) the callback runs the model's
 validation over the whole validation set once, on the untrained model, and
 logs the grid and the metrics at global step 0, so the slider starts at
-initialisation. The untrained model's energy (``val/<explainer>_energy_untrained``,
-a class-agnostic baseline) is then repeated at every validation as a flat
-reference line beside the uniform-map baseline. This pass runs the model's
+initialisation. The untrained model's energy over all its decisions, right or
+wrong (``val/<explainer>_energy_untrained``, a class-agnostic baseline), is
+then repeated at every validation as a flat reference line beside the
+uniform-map baseline. A metric that scored no decision (none right yet) logs
+no value rather than a made-up 0. This pass runs the model's
 ``on_validation_epoch_start`` and ``validation_step`` hooks (so it covers the
 few-shot, memory-bank and retrieval families alike: kNN index, gallery pass),
 in eval mode under inference mode, with the model's ``self.log`` muted, the
