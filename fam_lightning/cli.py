@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import warnings
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
@@ -20,6 +21,10 @@ import callbacks  # noqa: F401  (makes callbacks.* resolvable in configs)
 import datamodules  # noqa: F401
 import fam_lightning.models  # noqa: F401
 from callbacks.guards import InterruptCheckpoint
+
+# Our training samplers (EpochSeededSampler, ClassBalancedBatchSampler) skip the batches a mid-epoch
+# checkpoint already ran, so Lightning's "dataloader is not resumable" warning does not apply to them.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class FAMLightningCLI(LightningCLI):
