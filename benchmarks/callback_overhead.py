@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks import FAMCallback  # noqa: E402
-from datamodules import FewShotDataModule  # noqa: E402
+from fam_lightning.callbacks import FAMCallback  # noqa: E402
+from fam_lightning.datamodules import FewShotDataModule  # noqa: E402
 from fam_lightning.models import FewShotClassifier  # noqa: E402
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import sync  # noqa: E402
 from benchmarks.train_step import build_model, plain_loop  # noqa: E402
-from datamodules import FewShotDataModule  # noqa: E402
+from fam_lightning.datamodules import FewShotDataModule  # noqa: E402
 
 
 class EpisodeTimer(L.Callback):

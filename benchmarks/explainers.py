@@ -12,7 +12,7 @@ synthetic CUB-layout data set, prints one Markdown table with, per explainer:
 - passes / image: backbone forwards, extra head (pool + projection) forwards,
   head backwards;
 - energy pointing game, IoU, Average Drop, Increase in Confidence (as
-  ``callbacks.FAMCallback``, but ``Y`` re-embedded in a batch shaped like
+  ``fam_lightning.callbacks.FAMCallback``, but ``Y`` re-embedded in a batch shaped like
   ``O``'s) and deletion / insertion AUC of the raw decision score
   (``fam_lightning.metrics.deletion_insertion``), on correctly classified
   queries of ``--episodes`` episodes.
@@ -35,7 +35,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import time_call  # noqa: E402
-from datamodules import FewShotDataModule  # noqa: E402
+from fam_lightning.datamodules import FewShotDataModule  # noqa: E402
 from fam_lightning.explainers import EXPLAINERS  # noqa: E402
 from fam_lightning.metrics import (  # noqa: E402
     average_drop,

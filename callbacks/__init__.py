@@ -1,5 +1,5 @@
 """Lightning callbacks."""
 
-from callbacks.fam import FAMCallback
+from .fam import FAMCallback
 
 __all__ = ["FAMCallback"]

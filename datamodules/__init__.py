@@ -1,6 +1,6 @@
 """Data: CUB-200-2011 reader, synthetic CUB-layout writer, episodic sampling, LightningDataModules."""
 
-from datamodules.cub import (
+from .cub import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CUBDataset,
@@ -9,10 +9,10 @@ from datamodules.cub import (
     read_cub_metadata,
     retrieval_class_split,
 )
-from datamodules.episodes import EpisodeDataset
-from datamodules.fewshot import FewShotDataModule
-from datamodules.retrieval import RetrievalDataModule
-from datamodules.synthetic import default_synthetic_root, write_synthetic_cub
+from .episodes import EpisodeDataset
+from .fewshot import FewShotDataModule
+from .retrieval import RetrievalDataModule
+from .synthetic import default_synthetic_root, write_synthetic_cub
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -30,15 +30,15 @@ __all__ = [
 ]
 
 # ImageNet (ILSVRC 2012) layout: reader, synthetic writer, contrastive (NPID / MoCo) data.
-from datamodules.contrastive import ContrastiveDataModule, TwoViewTransform, contrastive_augmentation
-from datamodules.imagenet import (
+from .contrastive import ContrastiveDataModule, TwoViewTransform, contrastive_augmentation
+from .imagenet import (
     ImageNetDataset,
     ImageNetIndex,
     collate_with_boxes,
     parse_voc_xml,
     read_imagenet_split,
 )
-from datamodules.synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
+from .synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
 
 __all__ += [
     "ContrastiveDataModule",

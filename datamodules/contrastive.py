@@ -46,8 +46,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
-from datamodules.imagenet import (
+from .cub import IMAGENET_MEAN, IMAGENET_STD
+from .imagenet import (
     ImageNetDataset,
     ImageNetIndex,
     check_imagenet_index,
@@ -55,8 +55,8 @@ from datamodules.imagenet import (
     load_image,
     read_imagenet_split,
 )
-from datamodules.drawing import DEFAULT_DISTRACTORS
-from datamodules.synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
+from .drawing import DEFAULT_DISTRACTORS
+from .synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
 from fam_lightning.reliability import global_seed, mix_seed
 
 from .sampler import EpochSeededSampler, fit_progress
@@ -214,7 +214,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         synthetic_seed: Drawing seed of the synthetic default (kept apart from
             ``seed`` so runs with different seeds share one data set).
         synthetic_distractors: Distractor objects per image of the synthetic
-            default (never boxed; see :mod:`datamodules.drawing`).
+            default (never boxed; see :mod:`fam_lightning.datamodules.drawing`).
         verify_images: Decode every image once at setup and report all broken
             ones together (slow on large sets; by default setup only checks
             that every file exists and every box lies inside its image).
@@ -293,7 +293,7 @@ class ContrastiveDataModule(L.LightningDataModule):
     def split_index(self, split: str) -> ImageNetIndex:
         """The checked listing of "train" (no boxes read) or "val" (boxes read, labels in train's order).
 
-        Checked when first listed (:func:`datamodules.imagenet.check_imagenet_index`).
+        Checked when first listed (:func:`fam_lightning.datamodules.imagenet.check_imagenet_index`).
         """
         if split not in self._indices:
             root = self._ensure_data()

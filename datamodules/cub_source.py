@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, CUBMetadata, check_cub_data, read_cub_metadata
-from datamodules.synthetic import DEFAULT_DISTRACTORS, default_synthetic_root, write_synthetic_cub
+from .cub import IMAGENET_MEAN, IMAGENET_STD, CUBMetadata, check_cub_data, read_cub_metadata
+from .synthetic import DEFAULT_DISTRACTORS, default_synthetic_root, write_synthetic_cub
 
 
 class CUBSource:
@@ -65,7 +65,7 @@ class CUBSource:
     def metadata(self) -> CUBMetadata:
         """Parsed and checked metadata of ``data_root`` (written first for the synthetic default).
 
-        The first access checks the folder (:func:`datamodules.cub.check_cub_data`):
+        The first access checks the folder (:func:`fam_lightning.datamodules.cub.check_cub_data`):
         missing images and boxes outside their image are reported before training.
         """
         if self._metadata is None:

@@ -2,7 +2,7 @@
 
 Splits follow Chen et al. 2019: train = base classes, val = val classes,
 test = novel classes. Every dataloader yields whole episodes
-(see :mod:`datamodules.episodes` for the layout).
+(see :mod:`fam_lightning.datamodules.episodes` for the layout).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.cub import CUBDataset, fewshot_class_split
-from datamodules.cub_source import CUBSource
-from datamodules.drawing import DEFAULT_DISTRACTORS
-from datamodules.episodes import EpisodeDataset
+from .cub import CUBDataset, fewshot_class_split
+from .cub_source import CUBSource
+from .drawing import DEFAULT_DISTRACTORS
+from .episodes import EpisodeDataset
 from fam_lightning.reliability import global_seed, mix_seed
 
 from .sampler import EpochSeededSampler, fit_progress
@@ -58,7 +58,7 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         synthetic_seed: Drawing seed of the synthetic default (kept apart from
             ``seed`` so runs with different seeds share one data set).
         synthetic_distractors: Distractor objects per image of the synthetic
-            default (never boxed; see :mod:`datamodules.drawing`).
+            default (never boxed; see :mod:`fam_lightning.datamodules.drawing`).
         verify_images: Decode every image once at setup and report all broken
             ones together (slow on large sets; by default setup only checks
             that every file exists and every box lies inside its image).

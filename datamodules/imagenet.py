@@ -49,7 +49,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD, load_resized_image
+from .cub import IMAGENET_MEAN, IMAGENET_STD, load_resized_image
 
 from . import checks
 

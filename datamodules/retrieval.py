@@ -19,10 +19,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.cub import CUBDataset
-from datamodules.cub_source import CUBSource
-from datamodules.drawing import DEFAULT_DISTRACTORS
-from datamodules.sampler import ClassBalancedBatchSampler, ShardSampler
+from .cub import CUBDataset
+from .cub_source import CUBSource
+from .drawing import DEFAULT_DISTRACTORS
+from .sampler import ClassBalancedBatchSampler, ShardSampler
 
 from fam_lightning.reliability import global_seed, mix_seed
 

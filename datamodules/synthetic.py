@@ -1,13 +1,13 @@
 """Synthetic few-shot data written to disk in the CUB-200-2011 layout.
 
 Nothing can be downloaded at run time, so the default data set is drawn here
-and read back by the real CUB reader (:mod:`datamodules.cub`).
+and read back by the real CUB reader (:mod:`fam_lightning.datamodules.cub`).
 
 Each class is one combination shape x colour x texture (``circle_red_stripes``).
 Every image holds one object of its class and ``distractors`` objects of other
 combinations of the same vocabulary, equally salient, in disjoint places, on
 saturated clutter drawn the same way for every class (see
-:mod:`datamodules.drawing`, the drawing core both layouts share). Novel classes
+:mod:`fam_lightning.datamodules.drawing`, the drawing core both layouts share). Novel classes
 are unseen combinations of attribute values that the base classes show, so a
 learner that picks up shape, colour and texture transfers to them.
 ``bounding_boxes.txt`` holds the exact tight box of the class object only.

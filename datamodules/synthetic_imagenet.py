@@ -2,7 +2,7 @@
 
 Nothing can be downloaded at run time, so the default data set of the
 contrastive models is drawn here and read back by the real ImageNet reader
-(:mod:`datamodules.imagenet`)::
+(:mod:`fam_lightning.datamodules.imagenet`)::
 
     root/
       train/n00000001/n00000001_0001.JPEG
@@ -13,7 +13,7 @@ contrastive models is drawn here and read back by the real ImageNet reader
       synthetic.json                                parameters, written last
 
 Classes and scenes come from the drawing core both layouts share
-(:mod:`datamodules.drawing`): the class object plus ``distractors`` equally
+(:mod:`fam_lightning.datamodules.drawing`): the class object plus ``distractors`` equally
 salient objects of other combinations of the vocabulary, on saturated
 class-agnostic clutter. About one image in five holds two objects of its
 class (``TWO_OBJECT_SHARE``; a second one that finds no free place is left
@@ -23,7 +23,7 @@ pixels, written the VOC way (1-based, inclusive): ``xmin = x0 + 1``,
 ``xmax = x1`` for a 0-based box ``[x0, x1)``.
 
 Writing is atomic and reuses a complete folder, exactly as for the synthetic
-CUB-layout data (:func:`datamodules.synthetic.write_atomically`).
+CUB-layout data (:func:`fam_lightning.datamodules.synthetic.write_atomically`).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def render_imagenet_sample(
 ) -> drawing.Scene:
     """Draw one image of class ``spec``: one class object, or with probability ``TWO_OBJECT_SHARE`` two.
 
-    The scene comes from :func:`datamodules.drawing.render_scene` with
+    The scene comes from :func:`fam_lightning.datamodules.drawing.render_scene` with
     ``distractors`` distractor objects; every class object is boxed, no
     distractor is. A second class object that finds no free place is left
     out (the scene then keeps one).

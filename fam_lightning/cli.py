@@ -17,10 +17,10 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-import callbacks  # noqa: F401  (makes callbacks.* resolvable in configs)
-import datamodules  # noqa: F401
+import fam_lightning.callbacks  # noqa: F401  (makes callbacks.* resolvable in configs)
+import fam_lightning.datamodules  # noqa: F401
 import fam_lightning.models  # noqa: F401
-from callbacks.guards import InterruptCheckpoint
+from fam_lightning.callbacks.guards import InterruptCheckpoint
 
 # Our training samplers (EpochSeededSampler, ClassBalancedBatchSampler) skip the batches a mid-epoch
 # checkpoint already ran, so Lightning's "dataloader is not resumable" warning does not apply to them.
@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message="You're resuming from a checkpoint tha
 class FAMLightningCLI(LightningCLI):
     """LightningCLI that tells the user where the logs and checkpoints went.
 
-    Every run also gets :class:`callbacks.guards.InterruptCheckpoint`: SIGTERM
+    Every run also gets :class:`fam_lightning.callbacks.guards.InterruptCheckpoint`: SIGTERM
     or Ctrl+C during ``fit`` writes ``interrupted.ckpt`` and :func:`main` exits
     with 128 + the signal number, printing the resume command last.
     """

@@ -25,16 +25,16 @@ EXAMPLE_MODEL_CLASS = "fam_lightning.models.FewShotClassifier"
 def import_class(dotted: str) -> type:
     """``package.module.Class`` -> the class.
 
-    ``datamodules.X`` / ``callbacks.X`` (the names in checkpoints and configs
-    written from a source checkout) also resolve to ``fam_lightning.datamodules.X``
-    / ``fam_lightning.callbacks.X``, where an installed package keeps them.
+    The top-level names of fam-lightning 0.1, ``datamodules.X`` / ``callbacks.X`` (in older checkpoints and
+    configs), resolve to ``fam_lightning.datamodules.X`` / ``fam_lightning.callbacks.X``, where the package
+    keeps them now.
     """
     module_name, _, class_name = dotted.rpartition(".")
     if not module_name:
         raise ValueError(f"a class must be a dotted path such as {EXAMPLE_MODEL_CLASS}, got {dotted!r}")
     candidates = [module_name]
     if module_name.split(".")[0] in ("datamodules", "callbacks"):
-        candidates.append(f"fam_lightning.{module_name}")
+        candidates = [f"fam_lightning.{module_name}"]
     errors = []
     for candidate in candidates:
         try:

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from callbacks import FAMCallback
+from fam_lightning.callbacks import FAMCallback
 from fam_lightning import ExplanationInputs, contribution_weights, pool
 from fam_lightning.adapter import SimilarityAdapter
 from fam_lightning.explainers import EXPLAINERS, FAMExplainer

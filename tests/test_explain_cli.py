@@ -30,7 +30,7 @@ def _save_checkpoint(path: Path, with_class: bool) -> Path:
     data = {"image_size": 40, "synthetic_classes": 24}
     if with_class:
         hparams |= {"_class_path": MODEL_CLASS, "_instantiator": "lightning.pytorch.cli.instantiate_module"}
-        data |= {"_class_path": "datamodules.FewShotDataModule"}
+        data |= {"_class_path": "fam_lightning.datamodules.FewShotDataModule"}
     torch.save(
         {"state_dict": model.state_dict(), "hyper_parameters": hparams, "datamodule_hyper_parameters": data,
          "pytorch-lightning_version": lightning.__version__},

@@ -14,7 +14,7 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import FewShotDataModule
+from fam_lightning.datamodules import FewShotDataModule
 from fam_lightning.cli import resume_command
 from fam_lightning.models import FewShotClassifier
 from fam_lightning.reliability import NonFiniteLossError, check_finite_loss
@@ -110,7 +110,7 @@ def test_mid_epoch_interrupt_resumes_exactly(tmp_path: Path, data_dir: Path) -> 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from callbacks.guards import InterruptCheckpoint
+    from fam_lightning.callbacks.guards import InterruptCheckpoint
 
     def trainer(root: Path, *extra: L.Callback) -> tuple[L.Trainer, Recorder]:
         recorder = Recorder()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from datamodules import ContrastiveDataModule, FewShotDataModule
+from fam_lightning.datamodules import ContrastiveDataModule, FewShotDataModule
 from fam_lightning.models import FewShotClassifier, MemoryBankModel
 from fam_lightning.reliability import ScheduleHorizonError
 
@@ -113,7 +113,7 @@ def test_resume_with_a_longer_horizon_stops_and_says_how(tmp_path: Path, data_di
 
 
 def _retrieval(data_dir: Path) -> tuple[L.LightningModule, L.LightningDataModule]:
-    from datamodules import RetrievalDataModule
+    from fam_lightning.datamodules import RetrievalDataModule
     from fam_lightning.models import RetrievalModel
 
     L.seed_everything(0)

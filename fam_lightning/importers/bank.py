@@ -43,7 +43,7 @@ def fill_bank(model: MemoryBankModel) -> None:
     if datamodule is None or not hasattr(datamodule, "train_images"):
         raise ValueError(
             "MemoryBankModel: the imported checkpoint has no bank, and computing one needs a datamodule "
-            "with train_images(indices) (e.g. datamodules.ContrastiveDataModule)"
+            "with train_images(indices) (e.g. fam_lightning.datamodules.ContrastiveDataModule)"
         )
     size, world, rank = model.bank.size, trainer.world_size, trainer.global_rank
     share = math.ceil(size / world)

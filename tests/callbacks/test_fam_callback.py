@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from callbacks import FAMCallback
+from fam_lightning.callbacks import FAMCallback
 from fam_lightning.metrics import (
     EnergyPointingGame,
     IncreaseInConfidence,
@@ -162,7 +162,7 @@ def test_unchanged_image_is_no_increase_in_confidence() -> None:
 
 
 def callback_rtol(inputs) -> float:
-    from callbacks.fam import _round_off_rtol
+    from fam_lightning.callbacks.fam import _round_off_rtol
 
     return _round_off_rtol(inputs.embeddings.dtype)
 

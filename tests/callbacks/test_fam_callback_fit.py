@@ -10,8 +10,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks import FAMCallback
-from datamodules import FewShotDataModule
+from fam_lightning.callbacks import FAMCallback
+from fam_lightning.datamodules import FewShotDataModule
 from fam_lightning.models import FewShotClassifier
 from tests.conftest import read_events
 

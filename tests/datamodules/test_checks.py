@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from datamodules import FewShotDataModule
-from datamodules.checks import DataCheckWarning, check_files_exist
-from datamodules.cub import check_cub_data, read_cub_metadata
-from datamodules.imagenet import check_imagenet_index, read_imagenet_split
+from fam_lightning.datamodules import FewShotDataModule
+from fam_lightning.datamodules.checks import DataCheckWarning, check_files_exist
+from fam_lightning.datamodules.cub import check_cub_data, read_cub_metadata
+from fam_lightning.datamodules.imagenet import check_imagenet_index, read_imagenet_split
 from tests.datamodules.test_cub import _write_tiny_cub
 from tests.datamodules.test_imagenet import _voc, _write_tiny_imagenet
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.contrastive import ContrastiveDataModule, TwoViewTransform, contrastive_augmentation
-from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
+from fam_lightning.datamodules.contrastive import ContrastiveDataModule, TwoViewTransform, contrastive_augmentation
+from fam_lightning.datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
 
 TINY = {
     "image_size": 32,

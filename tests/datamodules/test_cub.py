@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.cub import (
+from fam_lightning.datamodules.cub import (
     CUB_FILES,
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
-from datamodules.fewshot import FewShotDataModule
+from fam_lightning.datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
+from fam_lightning.datamodules.fewshot import FewShotDataModule
 
 TINY = {
     "image_size": 32,

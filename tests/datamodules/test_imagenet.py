@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
-from datamodules.imagenet import ImageNetDataset, collate_with_boxes, parse_voc_xml, read_imagenet_split
+from fam_lightning.datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
+from fam_lightning.datamodules.imagenet import ImageNetDataset, collate_with_boxes, parse_voc_xml, read_imagenet_split
 
 WNIDS = ["n00000001", "n00000002", "n00000003"]
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import drawing, synthetic
-from datamodules.cub import CUB_FILES, CUBDataset, read_cub_metadata
-from datamodules.drawing import render_scene
-from datamodules.synthetic import (
+from fam_lightning.datamodules import drawing, synthetic
+from fam_lightning.datamodules.cub import CUB_FILES, CUBDataset, read_cub_metadata
+from fam_lightning.datamodules.drawing import render_scene
+from fam_lightning.datamodules.synthetic import (
     MARKER_FILE,
     default_synthetic_root,
     image_rng,
@@ -132,7 +132,7 @@ def test_a_write_killed_half_way_is_cleaned_by_the_next_run(tmp_path: Path) -> N
     root = tmp_path / "cub"
     # A write large enough to be caught half-way; killed like an OOM-killed or preempted job.
     script = (
-        "from datamodules.synthetic import write_synthetic_cub\n"
+        "from fam_lightning.datamodules.synthetic import write_synthetic_cub\n"
         f"write_synthetic_cub({str(root)!r}, num_classes=64, images_per_class=400, image_size=64)\n"
     )
     writer = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import drawing
-from datamodules.imagenet import ImageNetDataset, read_imagenet_split
-from datamodules.synthetic import MARKER_FILE, synthetic_classes, write_synthetic_cub
-from datamodules.synthetic_imagenet import (
+from fam_lightning.datamodules import drawing
+from fam_lightning.datamodules.imagenet import ImageNetDataset, read_imagenet_split
+from fam_lightning.datamodules.synthetic import MARKER_FILE, synthetic_classes, write_synthetic_cub
+from fam_lightning.datamodules.synthetic_imagenet import (
     default_synthetic_imagenet_root,
     image_rng,
     render_imagenet_sample,

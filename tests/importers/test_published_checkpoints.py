@@ -188,7 +188,7 @@ DATA_ARGS = ["--data.synthetic_classes", "4", "--data.synthetic_train_per_class"
 
 
 def _data(data_dir: Path):  # the datamodule the CLI builds, to compute the source model's answers
-    from datamodules import ContrastiveDataModule
+    from fam_lightning.datamodules import ContrastiveDataModule
 
     data = ContrastiveDataModule(root=None, data_dir=str(data_dir), image_size=64, batch_size=8,
                                  synthetic_classes=4, synthetic_train_per_class=8, synthetic_val_per_class=4,

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from callbacks import FAMCallback
+from fam_lightning.callbacks import FAMCallback
 from fam_lightning.explainers import FAMExplainer
 from fam_lightning.models import MemoryBankModel
 from fam_lightning.similarity import mean_similarity
