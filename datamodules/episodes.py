@@ -22,6 +22,12 @@ So ``support.view(N, K, 3, H, W)`` groups the support set by way, and
 Because each item is already a batch, the DataLoader runs with
 ``batch_size=None``, and Lightning's DistributedSampler splits episode
 indices across DDP ranks like any map-style data set.
+
+Several episodes per step (LibFewShot's ``episode_size``): a DataLoader with
+``batch_size=E`` and ``collate_fn=collate_episodes`` stacks ``E`` episodes of
+the same shape, so every tensor gains a leading episode axis
+(``"support"``: (E, N*K, 3, H, W), ``"query_target"``: (E, N*Q), ...), while
+``"ways"``, ``"shots"``, ``"queries"`` stay python ints.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from fam_lightning.reliability import mix_seed
 
-__all__ = ["EpisodeDataset", "LabelledDataset", "mix_seed"]
+__all__ = ["EpisodeDataset", "LabelledDataset", "collate_episodes", "mix_seed"]
 
 
 class LabelledDataset(Protocol):
@@ -194,3 +200,25 @@ class EpisodeDataset(Dataset):
         state["_generator_owner"] = None
         return state
 
+
+
+def collate_episodes(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack ``E`` episode dicts into one batch: tensors (E, ...), ``ways`` / ``shots`` / ``queries`` ints.
+
+    Raises:
+        ValueError: If the list is empty, or the episodes differ in shape or keys.
+    """
+    if not episodes:
+        raise ValueError("collate_episodes needs at least one episode")
+    first = episodes[0]
+    shape = {name: first[name] for name in ("ways", "shots", "queries")}
+    for episode in episodes[1:]:
+        other = {name: episode[name] for name in shape}
+        if other != shape or episode.keys() != first.keys():
+            raise ValueError(
+                f"episodes of one batch must share ways / shots / queries and keys: {shape} with keys "
+                f"{sorted(first)} vs {other} with keys {sorted(episode)}"
+            )
+    batch: dict[str, Any] = {key: torch.stack([episode[key] for episode in episodes]) for key in first if key not in shape}
+    batch.update(shape)
+    return batch

@@ -2,7 +2,8 @@
 
 Splits follow Chen et al. 2019: train = base classes, val = val classes,
 test = novel classes. Every dataloader yields whole episodes
-(see :mod:`fam_lightning.datamodules.episodes` for the layout).
+(see :mod:`fam_lightning.datamodules.episodes` for the layout): one per batch
+by default, or ``episodes_per_batch`` of them stacked along a leading axis.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader
 from .cub import CUBDataset, fewshot_class_split
 from .cub_source import CUBSource
 from .drawing import DEFAULT_DISTRACTORS
-from .episodes import EpisodeDataset
+from .episodes import EpisodeDataset, collate_episodes
 from fam_lightning.reliability import global_seed, mix_seed
 
 from .sampler import EpochSeededSampler, fit_progress
@@ -62,6 +63,15 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         verify_images: Decode every image once at setup and report all broken
             ones together (slow on large sets; by default setup only checks
             that every file exists and every box lies inside its image).
+        episodes_per_batch: Episodes per batch, ``E`` (LibFewShot's ``episode_size``),
+            in every loader. 1 yields single episode dicts; ``E > 1`` stacks ``E``
+            consecutive episodes (:func:`~fam_lightning.datamodules.episodes.collate_episodes`),
+            the same episodes in the same order as with 1, so an epoch has
+            ``ceil(episodes / E)`` batches (the last may hold fewer). Training then
+            takes one optimizer step per ``E`` episodes and BatchNorm sees all their images.
+
+    Raises:
+        ValueError: If ``episodes_per_batch < 1``.
     """
 
     def __init__(
@@ -88,8 +98,14 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         synthetic_seed: int = 0,
         synthetic_distractors: int = DEFAULT_DISTRACTORS,
         verify_images: bool = False,
+        episodes_per_batch: int = 1,
     ) -> None:
         super().__init__()
+        if episodes_per_batch < 1:
+            raise ValueError(
+                f"episodes_per_batch must be >= 1 (episodes stacked into one training / evaluation step), "
+                f"got {episodes_per_batch}"
+            )
         self.save_hyperparameters()
         self._init_source(
             root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed,
@@ -103,6 +119,7 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         self.pin_memory = pin_memory
         self.cache_images = cache_images
         self.seed = seed
+        self.episodes_per_batch = episodes_per_batch
         self._images: dict[str, CUBDataset] = {}
         self._episodes: dict[str, EpisodeDataset] = {}
 
@@ -155,10 +172,12 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         return self._episodes[name]
 
     def _loader(self, episodes: EpisodeDataset, sampler: EpochSeededSampler | None = None) -> DataLoader:
-        # batch_size=None: every item is already a whole collated episode.
+        # batch_size=None: every item is already a whole collated episode; E > 1 stacks E of them.
+        several = self.episodes_per_batch > 1
         return DataLoader(
             episodes,
-            batch_size=None,
+            batch_size=self.episodes_per_batch if several else None,
+            collate_fn=collate_episodes if several else None,
             shuffle=False,
             sampler=sampler,
             # Its own generator: the worker base seed must not come from (and shift) the global RNG.
@@ -175,7 +194,7 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         return self._loader(episodes, sampler)
 
     def _progress(self) -> tuple[int, int]:
-        return fit_progress(self.trainer)
+        return fit_progress(self.trainer, items_per_batch=self.episodes_per_batch)
 
     def val_dataloader(self) -> DataLoader:
         """The same val-class episodes every epoch."""
@@ -189,6 +208,6 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         """A fixed validation episode for visualisation callbacks: the same on every call.
 
         It is the first validation episode (eval ways / shots / queries),
-        available with or without ``setup``.
+        available with or without ``setup``; one episode whatever ``episodes_per_batch``.
         """
         return self._episode_set("val")[0]

@@ -5,6 +5,13 @@ embedding to the class's support embeddings (FAM paper, eq. 11), times a
 learnable scale. Training adds a global classification loss over the base
 classes (as CAN does) and weighs the two losses by learned homoscedastic
 uncertainty (Kendall et al. 2018): ``sum_i exp(-s_i) L_i + s_i / 2``.
+
+A batch is one episode, or ``E`` episodes stacked along a leading axis
+(``FewShotDataModule(episodes_per_batch=E)``): one backbone pass runs over all
+their images, the loss is the mean of the ``E`` per-episode losses, and every
+episode still counts as one episode in the accuracy and its confidence
+interval. In train mode BatchNorm normalises over all ``E`` episodes' images,
+so ``E`` changes the batch statistics as well as the number of optimizer steps.
 """
 
 from __future__ import annotations
@@ -142,32 +149,49 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
 
     # -- episodes -----------------------------------------------------------------------
     def episode_forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """One backbone pass over support + query; class scores of every query.
+        """One backbone pass over support + query of one episode, or of ``E`` stacked episodes.
 
-        Returns a dict with ``feature_maps`` (S+Q, C, h, w), ``embeddings``
-        (S+Q, D), ``support`` (W, S, D), ``scores`` (Q, W) unscaled similarities.
+        One episode (``support`` (W*S, 3, H, W)) gives ``feature_maps``
+        (W*S + Q, C, h, w) and ``embeddings`` (W*S + Q, D), supports first,
+        ``support`` (W, S, D) and ``scores`` (Q, W) unscaled similarities.
+        ``E`` stacked episodes (``support`` (E, W*S, 3, H, W)) give ``support``
+        (E, W, S, D) and ``scores`` (E, Q, W); ``feature_maps`` and ``embeddings``
+        stay flat: all supports, then all queries, episode-major in each part.
         """
         missing = [key for key in EPISODE_KEYS if key not in batch]
         if missing:
             raise KeyError(f"episode batch is missing {missing}; got keys {sorted(batch)}")
         ways, shots = int(batch["ways"]), int(batch["shots"])
-        images = torch.cat([batch["support"], batch["query"]])
+        stacked = _stacked(batch)
+        episodes = batch["support"].shape[0] if stacked else 1
+        images = torch.cat([_flat(batch, "support"), _flat(batch, "query")])  # (E*(W*S + Q), 3, H, W)
         feature_maps = self.forward_features(images)
         embeddings = self.embed(feature_maps)
-        num_support = ways * shots
-        support = embeddings[:num_support].view(ways, shots, -1)
-        scores = class_scores(embeddings[num_support:], support, self.similarity)
+        num_support = episodes * ways * shots
+        support = embeddings[:num_support].view(episodes, ways, shots, -1)  # (E, W, S, D)
+        queries = embeddings[num_support:].view(episodes, -1, embeddings.shape[1])  # (E, Q, D)
+        scores = torch.stack([class_scores(q, s, self.similarity) for q, s in zip(queries, support)])  # (E, Q, W)
+        if not stacked:
+            support, scores = support[0], scores[0]
         return {"feature_maps": feature_maps, "embeddings": embeddings, "support": support, "scores": scores}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Multi-task loss of the batch: the mean of its episodes' losses.
+
+        Every episode has the same number of queries and images, so the mean
+        over all queries (images) of the batch is the mean of the per-episode
+        means, and the uncertainty weighting, linear in the task losses, keeps it.
+        """
         out = self.episode_forward(batch)
-        episode_loss = F.cross_entropy(self.logit_scale * out["scores"], batch["query_target"])
+        query_target = _flat(batch, "query_target")
+        scores = out["scores"].flatten(0, -2)  # (E*Q, W)
+        episode_loss = F.cross_entropy(self.logit_scale * scores, query_target)
         global_loss = None
         if self.loss_weighting is None or self.global_head is None:
             loss = episode_loss
         else:
             pooled = fam.pool(out["feature_maps"], self.pooling, self.lse_r)
-            classes = torch.cat([batch["support_class"], batch["query_class"]])
+            classes = torch.cat([_flat(batch, "support_class"), _flat(batch, "query_class")])
             global_loss = F.cross_entropy(self.global_head(pooled), classes)
             loss = self.loss_weighting(torch.stack([episode_loss, global_loss]))
         check_finite_loss(
@@ -176,12 +200,12 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
              "log_vars": None if self.loss_weighting is None else self.loss_weighting.log_vars},
         )
         if self._logging_step():
-            log = partial(self.log, batch_size=batch["query_target"].numel())
+            log = partial(self.log, batch_size=query_target.numel())
             log("train/loss", loss)
             log("train/loss_episode", episode_loss)
             if global_loss is not None:
                 log("train/loss_global", global_loss)
-            accuracy = (out["scores"].argmax(1) == batch["query_target"]).float().mean()
+            accuracy = (scores.argmax(1) == query_target).float().mean()
             log("train/acc", 100.0 * accuracy)
             log("train/logit_scale", self.logit_scale.detach())
         return loss
@@ -197,10 +221,14 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
         self, batch: dict[str, Any], accuracy: EpisodeAccuracy, nonfinite: NonFiniteCount, stage: str
     ) -> dict[str, Any]:
         out = self.episode_forward(batch)
-        predictions = out["scores"].argmax(1)
-        accuracy.update(predictions.unsqueeze(0), batch["query_target"].unsqueeze(0))
-        nonfinite.update(out["scores"])
-        loss = F.cross_entropy(self.logit_scale * out["scores"], batch["query_target"])
+        scores = out["scores"].flatten(0, -2)  # (E*Q, W)
+        predictions = scores.argmax(1)
+        targets = _flat(batch, "query_target")
+        # one row per episode: each counts once in the accuracy and its CI
+        episodes = out["support"].shape[0] if _stacked(batch) else 1
+        accuracy.update(predictions.view(episodes, -1), targets.view(episodes, -1))
+        nonfinite.update(scores)
+        loss = F.cross_entropy(self.logit_scale * scores, targets)
         self.log(f"{stage}/loss", loss, batch_size=predictions.numel(), sync_dist=True)
         return {"loss": loss, "explain": self._explanation_inputs(batch, out, predictions)}
 
@@ -231,26 +259,32 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
     def _explanation_inputs(
         self, batch: dict[str, Any], out: dict[str, Tensor], predictions: Tensor
     ) -> ExplanationInputs:
-        """Queries against the support images of their predicted class."""
-        num_support = out["support"].shape[0] * out["support"].shape[1]
-        shots = out["support"].shape[1]
-        first_support = predictions * shots  # row of the predicted class's first support image
+        """Queries against the support images of their predicted class, in their own episode.
+
+        ``predictions`` (E*Q,): episode-local way of every query, episode-major.
+        """
+        support = out["support"] if _stacked(batch) else out["support"].unsqueeze(0)  # (E, W, S, D)
+        episodes, ways, shots = support.shape[:3]
+        episode = torch.arange(episodes, device=predictions.device).repeat_interleave(predictions.numel() // episodes)
+        # row (in all supports of the batch) of the predicted class's first support image
+        first_support = (episode * ways + predictions) * shots
+        num_support = episodes * ways * shots
         return ExplanationInputs(
-            images=batch["query"],
+            images=_flat(batch, "query"),
             feature_maps=out["feature_maps"][num_support:],
             embeddings=out["embeddings"][num_support:],
-            references=out["support"][predictions],  # (Q, S, D)
-            correct=predictions == batch["query_target"],
-            boxes=batch.get("query_box"),
-            reference_images=batch["support"][first_support],
-            labels=batch.get("query_class"),
-            predictions=None if "support_class" not in batch else batch["support_class"][first_support],
+            references=support[episode, predictions],  # (E*Q, S, D)
+            correct=predictions == _flat(batch, "query_target"),
+            boxes=_flat(batch, "query_box"),
+            reference_images=_flat(batch, "support")[first_support],
+            labels=_flat(batch, "query_class"),
+            predictions=None if "support_class" not in batch else _flat(batch, "support_class")[first_support],
         )
 
     def explanation_inputs(self, batch: dict[str, Any]) -> ExplanationInputs:
-        """Run one episode and return its query decisions for explanation."""
+        """Run one episode (or ``E`` stacked ones) and return all query decisions for explanation."""
         out = self.episode_forward(batch)
-        return self._explanation_inputs(batch, out, out["scores"].argmax(1))
+        return self._explanation_inputs(batch, out, out["scores"].flatten(0, -2).argmax(1))
 
     # -- optimisation -------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -267,3 +301,16 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
         max_epochs = self.trainer.max_epochs if self._trainer and self.trainer.max_epochs else 100
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, max_epochs))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _stacked(batch: dict[str, Any]) -> bool:
+    """Whether ``batch`` holds several episodes stacked along a leading axis (``support`` (E, W*S, 3, H, W))."""
+    return batch["support"].dim() == 5
+
+
+def _flat(batch: dict[str, Any], key: str) -> Tensor | None:
+    """``batch[key]`` with a stacked batch's episode axis merged into the rows (None when absent)."""
+    value = batch.get(key)
+    if value is None or not _stacked(batch):
+        return value
+    return value.flatten(0, 1)
