@@ -3,9 +3,12 @@
 Both loops run the same FewShotClassifier (episodic + global multi-task loss)
 on the same pre-built 5-way 1-shot 6-query episodes held on the device, with
 the same optimizer, in the same process, so the ratio isolates Lightning's
-overhead. Prints ms per step, episodes/s and the ratio Lightning / plain.
+overhead. Prints ms per step, ms per episode, episodes/s and the ratio Lightning / plain.
+``--episodes-per-batch E`` stacks E episodes per step (one backbone pass over
+all their images), as ``FewShotDataModule(episodes_per_batch=E)`` does.
 
     python benchmarks/train_step.py [--backbone resnet12] [--steps 20] [--precision bf16-mixed] [--channels-last]
+                                    [--episodes-per-batch 4]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import sync  # noqa: E402
+from fam_lightning.datamodules.episodes import collate_episodes  # noqa: E402
 from fam_lightning.models import FewShotClassifier  # noqa: E402
 
 
@@ -40,6 +44,13 @@ def make_episodes(count: int, ways: int, shots: int, queries: int, size: int, cl
             "ways": ways, "shots": shots, "queries": queries,
         })
     return episodes
+
+
+def stack_episodes(episodes: list[dict], per_batch: int) -> list[dict]:
+    """Consecutive groups of ``per_batch`` episodes as stacked batches (the episodes themselves when 1)."""
+    if per_batch == 1:
+        return episodes
+    return [collate_episodes(episodes[i : i + per_batch]) for i in range(0, len(episodes), per_batch)]
 
 
 class EpisodeList(torch.utils.data.Dataset):
@@ -121,19 +132,26 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=64)
     parser.add_argument("--precision", default="32-true", help="32-true | bf16-mixed")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--episodes-per-batch", type=int, default=1, help="episodes stacked per training step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    episodes = make_episodes(args.steps + args.warmup, 5, 1, 6, args.size, args.classes, device)
+    per_batch = args.episodes_per_batch
+    if per_batch < 1:
+        parser.error(f"--episodes-per-batch must be >= 1, got {per_batch}")
+    count = (args.steps + args.warmup) * per_batch
+    episodes = stack_episodes(make_episodes(count, 5, 1, 6, args.size, args.classes, device), per_batch)
     args.steps += args.warmup
     plain = plain_loop(args, episodes, device)
     lightning = lightning_loop(args, episodes, device)
     plain_again = plain_loop(args, episodes, device)  # bracket Lightning to expose drift
     plain = min(plain, plain_again)
-    print(f"\n{args.backbone} 5-way 1-shot 6-query training step, {args.size}x{args.size}, {device.type}, "
-          f"precision {args.precision}{', channels_last' if args.channels_last else ''}")
-    print(f"  plain PyTorch loop   {plain * 1e3:9.1f} ms/step  {1 / plain:7.2f} episodes/s")
-    print(f"  Lightning            {lightning * 1e3:9.1f} ms/step  {1 / lightning:7.2f} episodes/s")
+    print(f"\n{args.backbone} 5-way 1-shot 6-query training step, {per_batch} episode(s) per step, "
+          f"{args.size}x{args.size}, {device.type}, precision {args.precision}"
+          f"{', channels_last' if args.channels_last else ''}")
+    for name, seconds in (("plain PyTorch loop", plain), ("Lightning", lightning)):
+        print(f"  {name:<20} {seconds * 1e3:9.1f} ms/step  {seconds / per_batch * 1e3:9.1f} ms/episode  "
+              f"{per_batch / seconds:7.2f} episodes/s")
     print(f"  ratio Lightning / plain: {lightning / plain:.3f}")
 
 
