@@ -38,6 +38,7 @@ randomised network, and its maps explain its own score for the same decision.
 from __future__ import annotations
 
 import argparse
+import inspect
 import csv
 import io
 import math
@@ -54,7 +55,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 
 from fam_lightning.explainers import EXPLAINERS
-from fam_lightning.loading import build_datamodule, load_model, read_checkpoint
+from fam_lightning.loading import build_datamodule, import_class, load_model, read_checkpoint
 from fam_lightning.report import atomic_write
 
 DATA_OVERRIDES = ("data_dir", "root", "image_size")
@@ -297,7 +298,18 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     config["num_workers"] = 0
+    if "episodes_per_batch" in datamodule_signature(args):
+        config["episodes_per_batch"] = 1  # decisions are explained one episode at a time
     return config
+
+
+def datamodule_signature(args: argparse.Namespace) -> set[str]:
+    """Argument names of the data module the sanity check will build."""
+    stored = (read_checkpoint(args.ckpt_path).get("datamodule_hyper_parameters") or {}).get("_class_path")
+    dotted = args.data_class or stored
+    if dotted is None:
+        return set()
+    return set(inspect.signature(import_class(dotted)).parameters)
 
 
 # -- output ---------------------------------------------------------------------------------
