@@ -361,14 +361,20 @@ def load_image(path: Path) -> torch.Tensor:
         FileNotFoundError: If the file is missing.
         ValueError: If the file cannot be decoded (corrupt, truncated, not an image).
     """
+    rgb = decode_rgb(path)
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_rgb(path: str | Path) -> Image.Image:
+    """The image at ``path``, fully decoded as RGB; a missing or undecodable file raises an error naming it."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} is missing")
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB")  # forces the full decode inside the try
+            return img.convert("RGB")  # forces the full decode inside the try
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot decode image {path}: {err}") from err
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def scale_boxes(boxes: Sequence[Box], width: int, height: int, size: int) -> torch.Tensor:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from fam_lightning.datamodules.imagenet import decode_rgb
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import datamodule_arguments, load_model, read_checkpoint
 from fam_lightning.report import atomic_write
@@ -72,13 +73,7 @@ class Photo:
 def read_photo(path: str | Path, size: int, preprocess: str = "resize") -> Photo:
     """Decode ``path`` as RGB; errors name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")  # forces the full decode inside the try
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot decode image {path}: {err}") from err
+    rgb = decode_rgb(path)
     width, height = rgb.size
     if preprocess == "center_crop":
         side = min(width, height)
