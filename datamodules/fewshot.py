@@ -69,6 +69,10 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
             the same episodes in the same order as with 1, so an epoch has
             ``ceil(episodes / E)`` batches (the last may hold fewer). Training then
             takes one optimizer step per ``E`` episodes and BatchNorm sees all their images.
+        shuffle_labels: Train on a fixed random permutation of the training labels
+            (class sizes kept, images of a "class" a random set): the shuffled-label
+            model of the data-randomisation sanity check (``fam-sanity --mode data``).
+            Validation and test keep the true labels.
 
     Raises:
         ValueError: If ``episodes_per_batch < 1``.
@@ -99,6 +103,7 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         synthetic_distractors: int = DEFAULT_DISTRACTORS,
         verify_images: bool = False,
         episodes_per_batch: int = 1,
+        shuffle_labels: bool = False,
     ) -> None:
         super().__init__()
         if episodes_per_batch < 1:
@@ -120,6 +125,7 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         self.cache_images = cache_images
         self.seed = seed
         self.episodes_per_batch = episodes_per_batch
+        self.shuffle_labels = shuffle_labels
         self._images: dict[str, CUBDataset] = {}
         self._episodes: dict[str, EpisodeDataset] = {}
 
@@ -154,6 +160,13 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
                 cache=self.cache_images,
                 metadata=self.metadata,
             )
+            if name == "train" and self.shuffle_labels:
+                # Data randomisation (Adebayo et al. 2018): a fixed permutation of the training labels keeps
+                # every class's size but makes its images a random set; validation and test keep true labels.
+                dataset = self._images[name]
+                permutation = torch.randperm(len(dataset.labels), generator=torch.Generator().manual_seed(
+                    mix_seed(self.seed, len(dataset.labels))))
+                dataset.labels = dataset.labels[permutation]
         return self._images[name]
 
     def _episode_set(self, name: str) -> EpisodeDataset:

@@ -95,3 +95,29 @@ def test_init_arguments_are_typed_with_defaults() -> None:
     for parameter in list(inspect.signature(FewShotDataModule.__init__).parameters.values())[1:]:
         assert parameter.annotation is not inspect.Parameter.empty, parameter.name
         assert parameter.default is not inspect.Parameter.empty, parameter.name
+
+
+def test_shuffle_labels_permutes_only_the_training_labels(data_dir: Path) -> None:
+    true = FewShotDataModule(data_dir=str(data_dir), **TINY)
+    shuffled = FewShotDataModule(data_dir=str(data_dir), **TINY, shuffle_labels=True)
+    for module in (true, shuffled):
+        module.setup("fit")
+    true_train, shuffled_train = true._image_set("train").labels, shuffled._image_set("train").labels
+    # a permutation: every class keeps its size, but images change class
+    assert torch.equal(true_train.sort().values, shuffled_train.sort().values)
+    assert (true_train != shuffled_train).float().mean() > 0.5
+    # episodes are drawn from the shuffled classes: a way's images share a shuffled label, not a true one
+    episode = shuffled._episode_set("train")
+    mixed = 0
+    for seed in range(5):
+        classes, support, query = episode.sample_indices(0, episode_seed=seed)
+        assert torch.equal(shuffled_train[support], classes.repeat_interleave(TINY["train_shots"]))
+        assert torch.equal(shuffled_train[query], classes.repeat_interleave(TINY["train_queries"]))
+        rows = torch.cat([support.view(TINY["train_ways"], -1), query.view(TINY["train_ways"], -1)], dim=1)
+        mixed += sum(len(true_train[way].unique()) > 1 for way in rows)
+    assert mixed > 0
+    # validation keeps the true labels, and the permutation is fixed by the seed
+    assert torch.equal(true._image_set("val").labels, shuffled._image_set("val").labels)
+    again = FewShotDataModule(data_dir=str(data_dir), **TINY, shuffle_labels=True)
+    again.setup("fit")
+    assert torch.equal(again._image_set("train").labels, shuffled_train)
