@@ -318,8 +318,8 @@ class FAMCallback(L.Callback):
                 f"{type(pl_module).__name__}'s eval step must return {{'explain': ExplanationInputs}} "
                 f"(or None for batches without decisions) for FAMCallback, got {type(outputs).__name__}"
             )
-        if self._untrained_energy is not None:
-            self._update_untrained(inputs)
+        # step 0: every decision's maps feed the untrained baseline; the correct ones are reused below
+        all_maps = self._update_untrained(inputs) if self._untrained_energy is not None else None
         # The paper evaluates correct decisions only: one index sync per batch.
         keep = inputs.correct.nonzero().squeeze(1)
         if keep.numel() == 0:
@@ -331,7 +331,7 @@ class FAMCallback(L.Callback):
             size = tuple(inputs.images.shape[-2:])
             self.uniform_energy.update(inputs.images.new_ones((len(boxes), *size)), boxes)
         for name, metrics in self.metrics.items():
-            maps = self.explain(inputs, name)
+            maps = all_maps[name][keep] if all_maps is not None else self.explain(inputs, name)
             if localize:
                 annotated = maps if boxed is None else maps[boxed]
                 metrics["energy_pointing_game"].update(annotated, boxes)
@@ -350,13 +350,15 @@ class FAMCallback(L.Callback):
                 metrics["deletion_auc"].update(deletion)
                 metrics["insertion_auc"].update(insertion)
 
-    def _update_untrained(self, inputs: ExplanationInputs) -> None:
+    def _update_untrained(self, inputs: ExplanationInputs) -> dict[str, Tensor]:
+        """Energy of every decision's map (the class-agnostic baseline); returns the maps by explainer."""
         boxed, boxes = _annotated(inputs.boxes)
-        if boxes is None:
-            return
-        for name, energy in self._untrained_energy.items():
-            maps = self.explain(inputs, name)
-            energy.update(maps if boxed is None else maps[boxed], boxes)
+        all_maps = {name: self.explain(inputs, name) for name in self.explainer_names}
+        if boxes is not None:
+            for name, energy in self._untrained_energy.items():
+                maps = all_maps[name]
+                energy.update(maps if boxed is None else maps[boxed], boxes)
+        return all_maps
 
     @staticmethod
     def faithfulness_scores(

@@ -23,6 +23,7 @@ from tests.models.test_fewshot_model import make_episode
 
 
 def _setup() -> tuple[FAMCallback, FewShotClassifier, dict]:
+    torch.manual_seed(2)  # the untrained model's decisions (which are correct) must not depend on test order
     model = FewShotClassifier(num_classes=5).eval()
     callback = FAMCallback(num_probe_images=4)
     callback.setup(SimpleNamespace(), model, "validate")
