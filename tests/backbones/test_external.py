@@ -131,7 +131,8 @@ def test_external_backbone_models_explain_with_fam() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["timm:resnet10t", "torchvision:resnet18"])
 def test_fewshot_cli_fits_external_backbone_with_fam(backbone: str, tmp_path: Path, data_dir: Path) -> None:
-    args = ["--model.init_args.backbone", backbone]
+    name = backbone.replace(":", "_") + "_synthetic"  # the shipped config naming this backbone
+    args = []
     weights = None
     if backbone.startswith("torchvision"):
         weights = _torchvision_resnet18(seed=3).state_dict()
@@ -139,13 +140,13 @@ def test_fewshot_cli_fits_external_backbone_with_fam(backbone: str, tmp_path: Pa
         # lr 0: the checkpoint's convolutions must be the file's (BN statistics still move)
         args += ["--model.init_args.pretrained_path", str(tmp_path / "w.pth"), "--model.init_args.lr", "0"]
     run_cli(
-        ["fit", "--config", str(REPO / "configs" / "fewshot" / "conv4_synthetic.yaml"), *args,
+        ["fit", "--config", str(REPO / "configs" / "fewshot" / f"{name}.yaml"), *args,
          "--data.data_dir", str(data_dir), "--data.synthetic_classes", "24",
          "--data.synthetic_images_per_class", "20", "--data.image_size", "32", "--data.train_episodes", "2",
          "--data.val_episodes", "1", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
         cwd=tmp_path,
     )
-    log_dir = tmp_path / "logs" / "conv4_synthetic" / "version_0"
+    log_dir = tmp_path / "logs" / name / "version_0"
     scalars, images = read_events(log_dir)
     assert images["val/fam_probe"], "no FAM probe grid logged"
     for tag in ("val/acc", "val/fam_energy_pointing_game", "val/fam_iou", "val/fam_average_drop", "train/loss"):
