@@ -15,17 +15,22 @@ Conventions shared by every function here:
   ``[y0:y1, x0:x1]``; a box with ``x1 <= x0`` or ``y1 <= y0`` covers nothing
   and has zero area.
 
-Everything is batched torch on the inputs' device, without host syncs (on
-CPU tensors the connected-component search stops at its fixed point; there
-the test syncs no device).
+Everything is batched on the inputs' device, without host syncs. The
+connected-component labelling of IoU has two exact implementations with the
+same components and ties: a torch union-find (accelerators; a fixed number of
+rounds, no host sync) and, for CPU tensors, ``scipy.ndimage.label`` on the
+zero-copy numpy view of the whole batch (one C call; measured ~70x faster on
+2 cores than the union-find's many small kernels, see ``benchmarks/fam_overhead.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Union
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -278,24 +283,75 @@ def _block_roots(parents: Tensor, sources: Tensor, targets: Tensor, nodes_per_im
     return parents
 
 
-def largest_connected_component(mask: Tensor, early_exit: bool | None = None) -> Tensor:
+LABELLERS = ("auto", "scipy", "union_find")
+
+# 8-connectivity inside each (H, W) plane, none across the batch dimension.
+_PLANE_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_PLANE_STRUCTURE[1] = True
+
+
+@functools.lru_cache(maxsize=1)
+def _scipy_ndimage():  # scipy is optional: without it CPU masks take the union-find
+    try:
+        from scipy import ndimage
+    except ImportError:
+        return None
+    return ndimage
+
+
+def _largest_component_scipy(mask: Tensor) -> Tensor:
+    """:func:`largest_connected_component` of a CPU mask by one ``scipy.ndimage.label`` call.
+
+    The batch is labelled as one ``(B, H, W)`` volume whose structuring element
+    joins 8-neighbours within a plane and nothing across planes. scipy numbers
+    components in raster order of their first pixel, so the labels of map
+    ``b`` are the contiguous range ``(hi[b-1], hi[b]]``, and "largest, then
+    smallest label" is the union-find's tie rule (first in raster order).
+    """
+    ndimage = _scipy_ndimage()
+    planes = mask.detach().numpy()  # zero-copy view
+    labels, count = ndimage.label(planes, structure=_PLANE_STRUCTURE)
+    batch = planes.shape[0]
+    if count == 0:
+        return torch.zeros_like(mask)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1).astype(np.int64)  # (count + 1,), [0] background
+    hi = np.maximum.accumulate(labels.reshape(batch, -1).max(axis=1))  # (B,) last label of each map
+    lo = np.concatenate([[0], hi[:-1]])  # labels of map b: lo[b] + 1 .. hi[b]
+    nonempty = hi > lo
+    # key: larger size first, then the smaller label; max over each map's label range
+    key = sizes[1:] * (count + 1) + (count - np.arange(count, dtype=np.int64))  # key of label l at [l - 1]
+    best = np.full(batch, -1, dtype=labels.dtype)
+    best_key = np.maximum.reduceat(key, lo[nonempty])
+    best[nonempty] = count - best_key % (count + 1) + 1
+    return torch.from_numpy(labels == best[:, None, None]).to(mask.device)
+
+
+def largest_connected_component(mask: Tensor, early_exit: bool | None = None, labeller: str = "auto") -> Tensor:
     """Largest 8-connected component of each binary mask, batched on device.
 
-    The mask is contracted to 2x2 blocks and labelled exactly by union-find
-    (:func:`_block_graph`, :func:`_block_roots`); components are then ranked
-    by pixel count with ``scatter_add``.
+    Two exact labellings, same components and ties (tested against each other):
+
+    - ``"union_find"``: the mask is contracted to 2x2 blocks and labelled by
+      union-find (:func:`_block_graph`, :func:`_block_roots`); components are
+      ranked by pixel count with ``scatter_add``. Any device.
+    - ``"scipy"``: ``scipy.ndimage.label`` over the zero-copy numpy view of
+      the batch (CPU tensors only), one C pass instead of many small kernels.
+    - ``"auto"`` (default): scipy for CPU tensors when scipy is importable,
+      the union-find otherwise (accelerators never copy to the host).
 
     Ties in pixel count go to the component that comes first in raster
     order (the one holding the top-most, then left-most, pixel).
 
-    Host syncs: none without ``early_exit`` (a fixed, proven-sufficient
-    number of union-find rounds); with it, a ``torch.equal`` per union-find step.
+    Host syncs: none for the union-find without ``early_exit`` (a fixed,
+    proven-sufficient number of rounds); with it, a ``torch.equal`` per
+    union-find step; the scipy path runs on host memory.
 
     Args:
         mask: ``(B, H, W)`` bool.
         early_exit: stop the union-find at its fixed point (same result, less
             work, a host sync per round). Default: only for CPU tensors, where
             the test syncs no device.
+        labeller: ``"auto"``, ``"scipy"`` or ``"union_find"``.
 
     Returns:
         ``(B, H, W)`` bool, the largest component per sample (all False for an
@@ -306,9 +362,18 @@ def largest_connected_component(mask: Tensor, early_exit: bool | None = None) ->
         raise ValueError(f"mask must have shape (B, H, W), got {shape}")
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if labeller not in LABELLERS:
+        raise ValueError(f"labeller must be one of {LABELLERS}, got {labeller!r}")
+    if labeller == "scipy" and (mask.device.type != "cpu" or _scipy_ndimage() is None):
+        raise ValueError(
+            f'labeller="scipy" needs a CPU mask and scipy installed (pip install scipy); got a {mask.device.type} '
+            'mask; use labeller="union_find" or "auto"'
+        )
     batch, height, width = mask.shape
     if batch == 0 or height * width == 0:
         return mask.clone()
+    if labeller == "scipy" or (labeller == "auto" and mask.device.type == "cpu" and _scipy_ndimage() is not None):
+        return _largest_component_scipy(mask)
     if early_exit is None:
         early_exit = mask.device.type == "cpu"
     parents, sources, targets, sizes, first_pixel = _block_graph(mask)
