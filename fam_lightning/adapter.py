@@ -16,6 +16,15 @@ every explainer works on it::
     model = SimilarityAdapter(net, target_layer="layer4", pooling="gap", projection=net.fc,
                               similarity="cosine").eval()
     maps = FAMExplainer(model)(images, model(reference_images).unsqueeze(1))  # (B, H, W) in [0, 1]
+
+A transformer's tokens become the grid through ``token_grid`` (no hand-written
+``reshape_transform``; the grid follows the actual input size), and a timm
+model's own pooled head through :meth:`SimilarityAdapter.from_timm`::
+
+    from fam_lightning.backbones.tokens import TokenGrid
+
+    model = SimilarityAdapter(vit, target_layer="norm", pooling="gap",
+                              token_grid=TokenGrid(patch_size=16, num_prefix_tokens=1))
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from fam_lightning import fam
+from fam_lightning.backbones.tokens import TokenGrid
 
 POOLINGS = ("gap", "gmp", "lse")
 SIMILARITIES = ("cosine", "euclidean", "dot")
@@ -58,8 +68,12 @@ class SimilarityAdapter(nn.Module):
             embedding (an ``nn.Linear``, or any module: FAM linearises it).
         similarity: "cosine" | "euclidean" | "dot": how embeddings are compared.
         reshape_transform: optional callable turning the captured output into
-            (B, C, h, w) (pytorch-grad-cam's ``reshape_transform``, e.g. for
-            token grids); applied after the feature extractor too.
+            (B, C, h, w) (pytorch-grad-cam's ``reshape_transform``); applied
+            after the feature extractor too.
+        token_grid: for transformers, how the output's tokens lie on the
+            patch grid (:class:`~fam_lightning.backbones.tokens.TokenGrid`:
+            patch size, prefix tokens, channels-last); the grid is computed
+            from each input's size. Alternative to ``reshape_transform``.
         lse_r: sharpness of LSE pooling.
     """
 
@@ -73,9 +87,12 @@ class SimilarityAdapter(nn.Module):
         projection: nn.Module | None = None,
         similarity: Literal["cosine", "euclidean", "dot"] = "cosine",
         reshape_transform: Callable[[Any], Tensor] | None = None,
+        token_grid: TokenGrid | None = None,
         lse_r: float = 10.0,
     ) -> None:
         super().__init__()
+        if reshape_transform is not None and token_grid is not None:
+            raise ValueError("SimilarityAdapter takes reshape_transform or token_grid, not both")
         if (feature_extractor is None) == (target_layer is None):
             raise ValueError("SimilarityAdapter needs exactly one of feature_extractor and target_layer")
         if target_layer is not None and model is None:
@@ -93,7 +110,39 @@ class SimilarityAdapter(nn.Module):
         self.projection = projection
         self.similarity = similarity
         self.reshape_transform = reshape_transform
+        self.token_grid = token_grid
         self.lse_r = lse_r
+
+    @classmethod
+    def from_timm(
+        cls, backbone: nn.Module | str, similarity: Literal["cosine", "euclidean", "dot"] = "cosine", **kwargs: Any
+    ) -> SimilarityAdapter:
+        """A timm model's own embedding (``forward_head(pre_logits=True)``) as the protocol.
+
+        Args:
+            backbone: a :class:`~fam_lightning.backbones.external.TimmBackbone`, a
+                timm model, or a ``timm:<name>`` (built without weights; ``kwargs``:
+                ``pretrained_path`` and the factory's arguments).
+            similarity: how embeddings are compared.
+
+        The grid is the patch tokens; pooling and projection are the model's
+        (GAP / GMP, then ``fc_norm`` / ConvNeXt's head norm, held fixed per
+        sample by FAM: exact, its bias's share the residual). Class-token and
+        attention-pooled heads are refused by name.
+        """
+        from fam_lightning.backbones.external import TimmBackbone, create_external_backbone
+
+        if isinstance(backbone, str):
+            name = backbone if backbone.startswith("timm:") else f"timm:{backbone}"
+            backbone = create_external_backbone(name, **kwargs)
+        elif kwargs:
+            raise ValueError("SimilarityAdapter.from_timm takes factory arguments only with a model name")
+        if not isinstance(backbone, TimmBackbone):
+            model = backbone
+            model.reset_classifier(0)
+            backbone = TimmBackbone(model, int(model.num_features), f"timm:{type(model).__name__}")
+        pooling, projection = backbone.pooled_head()
+        return cls(feature_extractor=backbone, pooling=pooling, projection=projection, similarity=similarity)
 
     @staticmethod
     def _resolve(model: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -118,11 +167,13 @@ class SimilarityAdapter(nn.Module):
             features = self._capture(x)
         if self.reshape_transform is not None:
             features = self.reshape_transform(features)
+        elif self.token_grid is not None:
+            features = self.token_grid(features, (int(x.shape[-2]), int(x.shape[-1])))
         if not isinstance(features, Tensor) or features.dim() != 4:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise ValueError(
                 f"the feature maps must be (B, C, h, w), got {shape}; pick a convolutional layer or "
-                "pass reshape_transform"
+                "pass token_grid (transformers) or reshape_transform"
             )
         return features
 

@@ -19,6 +19,9 @@ The chain, for a query image with last-conv feature maps ``A`` (B, C, h, w):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -227,11 +230,15 @@ def _linearised_weights(
     """``w = u * d(beta . head(u)) / du`` with beta detached (one autograd call).
 
     Equals eq. 18 for a linear head and keeps the sum property for bias-free
-    ReLU heads (positively homogeneous). For euclidean, gradient x input of S.
+    ReLU heads (positively homogeneous). LayerNorms in the head run with their
+    per-sample standard deviation held fixed (:func:`held_norm_statistics`),
+    which makes them affine, ``gamma (u - mean u) / sigma + b`` (centring is
+    linear): the weights then sum to the similarity minus the share of the
+    LN bias ``b``, as for a linear head's bias. For euclidean, gradient x input of S.
     """
     # inference_mode(False): callable from a Lightning eval loop, whose tensors
     # are inference tensors that autograd would refuse to record.
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), held_norm_statistics(head):
         u_var = u.detach().clone().requires_grad_(True)
         refs, mix = refs.clone(), mix.clone()
         v = head(u_var)
@@ -246,3 +253,76 @@ def _linearised_weights(
             target = (beta * v).sum(1)
         (grad,) = torch.autograd.grad(target.sum(), u_var)
     return u_var.detach() * grad
+
+
+@contextmanager
+def held_norm_statistics(head: nn.Module) -> Iterator[None]:
+    """While active, every ``nn.LayerNorm`` in ``head`` (over the last dim) holds its per-sample std fixed.
+
+    The output value is unchanged; only its derivative changes: with ``sigma``
+    detached, ``LN(u) = gamma * (u - mean(u)) / sigma + b`` is affine in ``u``
+    (the centring is a linear map), so gradient x input through it is exact,
+    where the true LayerNorm, invariant to the scale of ``u``, would give
+    weights that sum to (almost) nothing. Like cosine's norms, ``sigma`` is
+    the statistic FAM holds fixed per sample.
+    """
+    handles = [
+        module.register_forward_hook(_held_layer_norm)
+        for module in head.modules()
+        if isinstance(module, nn.LayerNorm)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _held_layer_norm(module: nn.LayerNorm, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    (x,) = inputs[:1]
+    dims = tuple(range(-len(module.normalized_shape), 0))
+    if output.shape != x.shape or tuple(x.shape[-len(dims):]) != tuple(module.normalized_shape):
+        raise ValueError(
+            f"{type(module).__name__} in the head does not normalise the last dims of its (B, C) input "
+            f"{tuple(x.shape)}; use an nn.LayerNorm over the pooled features"
+        )
+    centred = x - x.mean(dim=dims, keepdim=True)
+    sigma = (centred.detach().square().mean(dim=dims, keepdim=True) + module.eps).sqrt()
+    held = centred / sigma
+    if module.weight is not None:
+        held = held * module.weight
+    if module.bias is not None:
+        held = held + module.bias
+    return held
+
+
+class Decomposition(NamedTuple):
+    """A similarity split into channel contributions and what belongs to no channel.
+
+    ``weights.sum(1) + residual == similarity`` exactly (up to float rounding).
+    ``residual`` is the share of a linear head's bias or a held LayerNorm's
+    bias (zero without a biased head); for a non-linear head it also holds
+    the linearisation's remainder; for euclidean with a head, gradient x
+    input's remainder.
+    """
+
+    weights: Tensor  # (B, C)
+    residual: Tensor  # (B,)
+    similarity: Tensor  # (B,) the (weighted) mean similarity
+
+
+def decompose(
+    query_features: Tensor,
+    references: Tensor,
+    similarity: str = "cosine",
+    projection: Projection = None,
+    reference_weights: Tensor | None = None,
+) -> Decomposition:
+    """:func:`contribution_weights` plus the residual they leave, named (see :class:`Decomposition`)."""
+    from fam_lightning.similarity import mean_similarity
+
+    weights = contribution_weights(query_features, references, similarity, projection, reference_weights)
+    refs = references.unsqueeze(1) if references.dim() == 2 else references
+    with torch.no_grad():
+        total = mean_similarity(embed(query_features.detach(), projection), refs, similarity, reference_weights)
+    return Decomposition(weights, total - weights.sum(1), total)
