@@ -19,6 +19,7 @@ SCRIPTS = {
     "fam-explain": "fam_lightning.tools.explain:main",
     "fam-evaluate": "fam_lightning.tools.evaluate:main",
     "fam-sanity": "fam_lightning.tools.sanity:main",
+    "fam-benchmark": "fam_lightning.tools.benchmark:main",
 }
 
 

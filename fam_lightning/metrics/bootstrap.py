@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Interval", "bootstrap_ci", "paired_bootstrap_ci"]
+__all__ = ["Interval", "bootstrap_band", "bootstrap_ci", "paired_bootstrap_ci"]
 
 
 @dataclass(frozen=True)
@@ -52,17 +52,38 @@ class Interval:
         return not self.low <= value <= self.high
 
 
-def _as_values(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+def _as_values(values: Sequence[float] | np.ndarray, name: str, ndim: int = 1) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers, got shape {array.shape}")
+    if array.ndim != ndim or array.size == 0:
+        what = "1-D sequence of numbers" if ndim == 1 else f"{ndim}-D array (decisions first)"
+        raise ValueError(f"{name} must be a non-empty {what}, got shape {array.shape}")
     bad = ~np.isfinite(array)
     if bad.any():
         raise ValueError(
-            f"{name} holds {int(bad.sum())} non-finite value(s) of {array.size} (first at index "
-            f"{int(np.flatnonzero(bad)[0])}); drop the decisions the metric does not score before the bootstrap"
+            f"{name} holds {int(bad.sum())} non-finite value(s) of {array.size} (first at row "
+            f"{int(np.argwhere(bad)[0][0])}); drop the decisions the metric does not score before the bootstrap"
         )
     return array
+
+
+def _check_settings(confidence: float, resamples: int, chunk: int) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if resamples < 1 or chunk < 1:
+        raise ValueError(f"resamples and chunk must be >= 1, got {resamples} and {chunk}")
+
+
+def _percentiles(array: np.ndarray, confidence: float, resamples: int, seed: int, chunk: int) -> np.ndarray:
+    """(2, ...) low and high percentiles of the means over axis 0 of ``resamples`` resamples of the rows."""
+    rng = np.random.default_rng(seed)
+    n = array.shape[0]
+    means = np.empty((resamples, *array.shape[1:]))
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        rows = rng.integers(0, n, size=(stop - start, n))  # (chunk, N) drawn decisions
+        means[start:stop] = array[rows].mean(axis=1)
+    tail = (1.0 - confidence) / 2 * 100
+    return np.percentile(means, [tail, 100 - tail], axis=0)
 
 
 def bootstrap_ci(
@@ -85,20 +106,23 @@ def bootstrap_ci(
         ValueError: empty or non-finite values, confidence outside (0, 1), resamples < 1.
     """
     array = _as_values(values, "values")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if resamples < 1 or chunk < 1:
-        raise ValueError(f"resamples and chunk must be >= 1, got {resamples} and {chunk}")
-    rng = np.random.default_rng(seed)
-    n = array.size
-    means = np.empty(resamples)
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        rows = rng.integers(0, n, size=(stop - start, n))  # (chunk, N) drawn decisions
-        means[start:stop] = array[rows].mean(axis=1)
-    tail = (1.0 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return Interval(float(array.mean()), float(low), float(high), n, confidence)
+    _check_settings(confidence, resamples, chunk)
+    low, high = _percentiles(array, confidence, resamples, seed, chunk)
+    return Interval(float(array.mean()), float(low), float(high), array.size, confidence)
+
+
+def bootstrap_band(
+    curves: np.ndarray, confidence: float = 0.95, resamples: int = 2_000, seed: int = 0, chunk: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high), each (T,): the mean curve of (N, T) per-decision curves and its pointwise band.
+
+    Whole curves are resampled (a decision's points stay together); the band is
+    the percentile interval at each point, not a simultaneous band.
+    """
+    array = _as_values(curves, "curves", ndim=2)
+    _check_settings(confidence, resamples, chunk)
+    low, high = _percentiles(array, confidence, resamples, seed, chunk)
+    return array.mean(axis=0), low, high
 
 
 def paired_bootstrap_ci(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fam_lightning.metrics.bootstrap import bootstrap_ci, paired_bootstrap_ci
+from fam_lightning.metrics.bootstrap import bootstrap_band, bootstrap_ci, paired_bootstrap_ci
 
 
 def test_interval_covers_the_true_mean_at_about_the_nominal_rate() -> None:
@@ -78,3 +78,17 @@ def test_bad_settings_are_named() -> None:
         bootstrap_ci([1.0, 2.0], confidence=95)
     with pytest.raises(ValueError, match="resamples"):
         bootstrap_ci([1.0, 2.0], resamples=0)
+
+
+def test_band_of_curves_brackets_the_mean_curve_point_by_point() -> None:
+    rng = np.random.default_rng(4)
+    curves = np.linspace(1.0, 0.0, 11)[None, :] + rng.normal(0.0, 0.1, size=(80, 11))
+    mean, low, high = bootstrap_band(curves, seed=1)
+    assert mean.shape == low.shape == high.shape == (11,)
+    np.testing.assert_allclose(mean, curves.mean(axis=0))
+    assert (low < mean).all() and (mean < high).all()
+    # each point's band is that point's own interval (same resampled rows, so the same seed agrees)
+    point = bootstrap_ci(curves[:, 5], resamples=2000, seed=1, chunk=200)
+    assert (low[5], high[5]) == pytest.approx((point.low, point.high))
+    with pytest.raises(ValueError, match="2-D array"):
+        bootstrap_band(curves[:, 0])
