@@ -48,6 +48,7 @@ from torchvision.transforms import v2
 
 from .cub import IMAGENET_MEAN, IMAGENET_STD
 from .imagenet import (
+    PREPROCESSING,
     ImageNetDataset,
     ImageNetIndex,
     check_imagenet_index,
@@ -218,6 +219,12 @@ class ContrastiveDataModule(L.LightningDataModule):
         verify_images: Decode every image once at setup and report all broken
             ones together (slow on large sets; by default setup only checks
             that every file exists and every box lies inside its image).
+        eval_preprocess: How evaluation images (val, and the train images of
+            the kNN bank) are sized: "resize" (default) the whole image to
+            ``image_size`` squared, boxes exact; "center_crop" the published
+            protocol of lemniscate / MoCo, the shorter side resized to
+            ``round(image_size / 0.875)`` (256 for 224) and the centre cropped,
+            boxes moved with it.
     """
 
     def __init__(
@@ -241,8 +248,11 @@ class ContrastiveDataModule(L.LightningDataModule):
         synthetic_seed: int = 0,
         synthetic_distractors: int = DEFAULT_DISTRACTORS,
         verify_images: bool = False,
+        eval_preprocess: str = "resize",
     ) -> None:
         super().__init__()
+        if eval_preprocess not in PREPROCESSING:
+            raise ValueError(f"eval_preprocess must be one of {PREPROCESSING}, got {eval_preprocess!r}")
         if image_size < 1 or batch_size < 1:
             raise ValueError(f"image_size and batch_size must be >= 1, got {image_size} and {batch_size}")
         self.save_hyperparameters()
@@ -259,6 +269,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.boxes_dir = boxes_dir
         self.seed = seed
         self.verify_images = verify_images
+        self.eval_preprocess = eval_preprocess
         self.synthetic_params = {
             "num_classes": synthetic_classes,
             "train_per_class": synthetic_train_per_class,
@@ -361,6 +372,7 @@ class ContrastiveDataModule(L.LightningDataModule):
                 with_boxes=split == "val",
                 cache=self.cache_images,
                 split_index=self.split_index(split),
+                preprocess=self.eval_preprocess,
             )
         return self._datasets[split]
 
