@@ -5,7 +5,10 @@ answers, for Q queries, the k most similar entries and a class vote:
 
 - ``backend="torch"``: chunked matmul + ``topk`` on the bank's device (CPU,
   CUDA, any device torch runs on), no host copies, at most
-  ``chunk_size x N`` similarities alive at once. Exact.
+  ``min(chunk_size, max_chunk_bytes / (N x element size))`` queries' similarities
+  alive at once: a block of similarities never exceeds ``max_chunk_bytes``
+  (1 GiB by default) whatever the bank size (1.28 M x 128 on CPU: peak memory
+  the bank + ~1 GiB, ``benchmarks/scaling.py``). Exact.
 - ``backend="faiss"``: ``faiss.IndexFlatIP`` (cosine on L2-normalised rows,
   dot) or ``faiss.IndexFlatL2`` (euclidean), also exact. faiss-gpu
   (``GpuIndexFlat*``) when ``faiss.StandardGpuResources`` exists and the bank
@@ -71,6 +74,26 @@ def faiss_gpu_available() -> bool:
     return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+# Blocks of at least this many bytes are checked against the device's available memory first.
+_CHECKED_BLOCK_BYTES = 2**28
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory available for a new allocation on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
 def _shape(x: object) -> object:
     return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
 
@@ -88,8 +111,11 @@ class KNNIndex:
         backend: "auto", "torch" or "faiss" (see the module docstring). "auto"
             is resolved at the first ``add`` from the bank's device.
         metric: "cosine", "dot" or "euclidean" (similarity ``-|q - x|^2``).
-        chunk_size: queries per matmul block of the torch backend; peak memory
-            is ``chunk_size x N`` similarities.
+        chunk_size: most queries per matmul block of the torch backend.
+        max_chunk_bytes: most bytes of one block of similarities (``queries x N``)
+            of the torch backend; fewer queries go into a block when the bank is
+            large. A block that would not fit in the device's available memory
+            raises a ``MemoryError`` naming the sizes and these two options.
 
     Example:
         >>> index = KNNIndex(metric="cosine")
@@ -98,13 +124,18 @@ class KNNIndex:
         >>> predictions = scores.argmax(1)
     """
 
-    def __init__(self, backend: str = "auto", metric: str = "cosine", chunk_size: int = 4096) -> None:
+    def __init__(
+        self, backend: str = "auto", metric: str = "cosine", chunk_size: int = 4096, max_chunk_bytes: int = 2**30
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, int) or max_chunk_bytes < 1:
+            raise ValueError(f"max_chunk_bytes must be a positive int, got {max_chunk_bytes!r}")
+        self.max_chunk_bytes = max_chunk_bytes
         if backend == "faiss" and not faiss_available():
             raise ImportError('backend="faiss" needs faiss: pip install faiss-cpu (or use backend="torch")')
         self.requested_backend = backend
@@ -272,7 +303,7 @@ class KNNIndex:
         if q.shape[0] == 0:
             return rows.new_empty(0, k), torch.empty(0, k, dtype=torch.long, device=rows.device)
         similarities, indices = [], []
-        for block in q.split(self.chunk_size):
+        for block in q.split(self.block_queries(q.shape[0])):
             scores = block @ rows.t()  # (c, N)
             if self.metric == "euclidean":
                 # -|q - x|^2 = 2 q.x - |x|^2 - |q|^2; the last term does not change the ranking.
@@ -283,6 +314,38 @@ class KNNIndex:
             similarities.append(values)
             indices.append(idx)
         return torch.cat(similarities), torch.cat(indices)
+
+    def block_queries(self, num_queries: int | None = None) -> int:
+        """Queries per matmul block of the torch backend for the current bank.
+
+        ``min(chunk_size, max_chunk_bytes // (N x element size))``; raises a
+        ``MemoryError`` naming the sizes and the options when not even one
+        query's similarities fit ``max_chunk_bytes``, or when the block would
+        not fit in the memory available on the bank's device.
+        """
+        self._consolidate()
+        if self._rows is None:
+            raise ValueError("the index is empty; call add() first")
+        size, row_bytes = self._size, self._size * self._rows.element_size()
+        if row_bytes > self.max_chunk_bytes:
+            raise MemoryError(
+                f"kNN over a bank of {size} x {self._dim}: one query's similarities take {row_bytes / 2**20:.1f} MiB, "
+                f"more than max_chunk_bytes={self.max_chunk_bytes}; raise KNNIndex(max_chunk_bytes=...)"
+            )
+        rows = min(self.chunk_size, self.max_chunk_bytes // row_bytes)
+        if num_queries is not None:
+            rows = max(1, min(rows, num_queries))
+        block_bytes = rows * row_bytes
+        if block_bytes >= _CHECKED_BLOCK_BYTES:
+            available = _available_bytes(self._rows.device)
+            if available is not None and block_bytes > available:
+                raise MemoryError(
+                    f"kNN over a bank of {size} x {self._dim} on {self._rows.device}: a block of {rows} queries needs "
+                    f"{block_bytes / 2**30:.2f} GiB of similarities but {available / 2**30:.2f} GiB are available; "
+                    f"lower KNNIndex(chunk_size=...) (now {self.chunk_size}) or max_chunk_bytes (now "
+                    f"{self.max_chunk_bytes}), e.g. max_chunk_bytes={max(row_bytes, available // 4)}"
+                )
+        return rows
 
     # --------------------------------------------------------------- public
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -222,3 +223,46 @@ def test_errors() -> None:
         labelled.classify(queries[:, :8], k=3, num_classes=3)
     with pytest.raises(ValueError, match="temperature"):
         labelled.classify(queries[:, :8], k=3, temperature=0.0)
+
+
+def test_blocks_are_bounded_by_max_chunk_bytes_and_results_do_not_change() -> None:
+    bank, queries, labels = make_data(n=1000, q=37, d=8)
+    bounded = KNNIndex(backend="torch", max_chunk_bytes=10 * 1000 * 4)  # 10 queries' float32 similarities
+    unbounded = KNNIndex(backend="torch")
+    for index in (bounded, unbounded):
+        index.add(bank, labels)
+    assert bounded.block_queries() == 10 and bounded.block_queries(3) == 3
+    assert unbounded.block_queries() == 4096  # chunk_size caps it for small banks
+    calls = []
+    original = torch.Tensor.topk
+    try:  # count the blocks the search runs
+        torch.Tensor.topk = lambda self, *a, **k: (calls.append(self.shape[0]), original(self, *a, **k))[1]
+        s1, i1 = bounded.search(queries, 20)
+    finally:
+        torch.Tensor.topk = original
+    assert calls == [10, 10, 10, 7]
+    s2, i2 = unbounded.search(queries, 20)
+    assert torch.equal(i1, i2) and torch.equal(s1, s2)
+
+
+def test_a_block_that_cannot_fit_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    bank, queries, labels = make_data(n=1000, q=4, d=8)
+    index = KNNIndex(backend="torch", max_chunk_bytes=1000)
+    index.add(bank, labels)
+    with pytest.raises(MemoryError, match=r"bank of 1000 x 8: one query's similarities take .* max_chunk_bytes=1000"):
+        index.search(queries, 5)
+    index = KNNIndex(backend="torch", chunk_size=64)
+    index.add(bank, labels)
+    monkeypatch.setattr(knn_module, "_CHECKED_BLOCK_BYTES", 0)
+    monkeypatch.setattr(knn_module, "_available_bytes", lambda device: 10_000)  # 10 kB left on the device
+    with pytest.raises(MemoryError, match=r"bank of 1000 x 8 on cpu: a block of 4 queries needs .* lower "
+                                          r"KNNIndex\(chunk_size=...\) \(now 64\) or max_chunk_bytes"):
+        index.search(queries, 5)
+    with pytest.raises(ValueError, match="max_chunk_bytes must be a positive int"):
+        KNNIndex(max_chunk_bytes=0)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads /proc/meminfo (Linux)")
+def test_available_memory_is_read_on_cpu() -> None:
+    available = knn_module._available_bytes(torch.device("cpu"))
+    assert isinstance(available, int) and 0 < available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
