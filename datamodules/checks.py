@@ -18,6 +18,7 @@ Sets larger than :data:`PROGRESS_MIN_ITEMS` show a progress bar on stderr.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -55,15 +56,65 @@ def check_files_exist(paths: Sequence[Path], what: str) -> None:
     Raises:
         FileNotFoundError: Listing every missing file (first 20, then the count).
     """
-    missing = [str(p) for p in _progress(paths, f"checking {what}") if not Path(p).is_file()]
+    missing = [str(p) for p in _progress(paths, f"checking {what}") if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {len(paths)} {what} are missing:{_listing(missing, len(missing))}"
         )
 
 
+# JPEG start-of-frame markers (they hold the image size); 0xC4 (DHT), 0xC8 (JPG), 0xCC (DAC) are not frames.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` of a JPEG (first start-of-frame) or PNG (IHDR) read from its header.
+
+    The same numbers ``PIL.Image.open(path).size`` gives, at about a fifth of its cost: the
+    JPEG's marker segments are skipped by their lengths, nothing else is parsed. None for any
+    other format or anything unexpected; the caller then asks PIL (which names the problem).
+    """
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            return (width, height) if width > 0 and height > 0 else None
+        if head[:2] != b"\xff\xd8":
+            return None
+        f.seek(2)
+        while True:
+            marker = f.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                return None
+            code = marker[1]
+            if code == 0xFF:  # fill byte
+                f.seek(-1, 1)
+                continue
+            if code == 0x01 or 0xD0 <= code <= 0xD8:  # markers without a length
+                continue
+            if code in (0xD9, 0xDA):  # end of image / start of scan before any frame
+                return None
+            length = f.read(2)
+            if len(length) < 2:
+                return None
+            size = int.from_bytes(length, "big")
+            if code in _JPEG_SOF:
+                frame = f.read(5)
+                if len(frame) < 5:
+                    return None
+                height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+                return (width, height) if width > 0 and height > 0 else None
+            if size < 2:
+                return None
+            f.seek(size - 2, 1)
+
+
 def read_image_sizes(paths: Sequence[Path], what: str) -> list[tuple[int, int]]:
     """``(width, height)`` of every image from its header, nothing decoded.
+
+    JPEG and PNG headers are read directly (:func:`_header_size`); other formats and any
+    header that does not parse go through PIL, which names what is wrong.
 
     Raises:
         ValueError: Listing every file whose header cannot be read.
@@ -72,8 +123,11 @@ def read_image_sizes(paths: Sequence[Path], what: str) -> list[tuple[int, int]]:
     broken: list[str] = []
     for path in _progress(paths, f"reading {what} sizes"):
         try:
-            with Image.open(path) as image:
-                sizes.append(image.size)
+            size = _header_size(path)
+            if size is None:
+                with Image.open(path) as image:
+                    size = image.size
+            sizes.append(size)
         except (OSError, SyntaxError, Image.DecompressionBombError) as err:
             broken.append(f"{path}: {err}")
             sizes.append((0, 0))
