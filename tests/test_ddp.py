@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from fam_lightning.metrics import (
     LocalizationIoU,
 )
 from tests.conftest import REPO, TINY_DATA_ARGS, read_events, run_cli
+from tests.distributed_helpers import free_port
 
 
 @pytest.mark.slow
@@ -34,12 +34,6 @@ def test_two_process_ddp_fit_with_fam_callback(tmp_path: Path, data_dir: Path) -
     assert len(scalars["val/acc"]) == 2
     for tag in ("val/fam_energy_pointing_game", "val/fam_iou", "val/fam_average_drop", "val/fam_energy_untrained"):
         assert len(scalars[tag]) == 3 and scalars[tag][0][0] == 0, tag  # step 0: the untrained model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _data(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -96,7 +90,7 @@ def _worker(rank: int, world: int, port: int, queue: mp.SimpleQueue) -> None:
 def test_metrics_reduce_across_two_processes_like_one() -> None:
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    mp.start_processes(_worker, args=(2, _free_port(), queue), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), queue), nprocs=2, start_method="spawn")
     results = dict(queue.get() for _ in range(2))
     single = _metrics()
     _update(single, _data(), slice(0, 8), slice(0, 6))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fam_lightning.memory import FeatureQueue, MemoryBank, gather_from_all_ranks
+from tests.distributed_helpers import free_port
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -161,12 +161,6 @@ def test_gather_is_identity_without_distributed() -> None:
     assert gather_from_all_ranks(x) is x
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, results: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -186,7 +180,7 @@ def _ddp_worker(rank: int, world: int, port: int, results: dict) -> None:
 def test_two_rank_gather_keeps_banks_identical() -> None:
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_ddp_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, free_port(), results), nprocs=2, join=True)
         (i0, b0, q0, l0), (i1, b1, q1, l1) = results[0], results[1]
     assert i0.tolist() == i1.tolist() == [0, 4, 1, 5]  # rank order
     assert torch.equal(b0, b1) and torch.equal(q0, q1) and torch.equal(l0, l1)

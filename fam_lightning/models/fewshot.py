@@ -28,7 +28,7 @@ from fam_lightning import fam
 from fam_lightning.backbones import build_backbone
 from fam_lightning.metrics import EpisodeAccuracy
 from fam_lightning.protocol import ExplanationInputs
-from fam_lightning.reliability import NonFiniteCount, ReliableTraining, check_finite_loss, nan_if_nonfinite
+from fam_lightning.reliability import NonFiniteCount, ReliableTraining, nan_if_nonfinite
 from fam_lightning.similarity import class_scores
 
 EPISODE_KEYS = ("support", "query", "support_target", "query_target", "support_class", "query_class")
@@ -194,8 +194,8 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
             classes = torch.cat([_flat(batch, "support_class"), _flat(batch, "query_class")])
             global_loss = F.cross_entropy(self.global_head(pooled), classes)
             loss = self.loss_weighting(torch.stack([episode_loss, global_loss]))
-        check_finite_loss(
-            self.global_step, loss,
+        self.guard_finite_loss(
+            loss,
             {"loss_episode": episode_loss, "loss_global": global_loss, "logit_scale": self.logit_scale,
              "log_vars": None if self.loss_weighting is None else self.loss_weighting.log_vars},
         )

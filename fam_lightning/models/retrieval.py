@@ -23,7 +23,7 @@ from fam_lightning.knn import KNNIndex
 from fam_lightning.losses import MarginLoss, MultiSimilarityLoss
 from fam_lightning.metrics import RecallAtK
 from fam_lightning.protocol import ExplanationInputs
-from fam_lightning.reliability import NonFiniteCount, ReliableTraining, check_finite_loss, nan_if_nonfinite
+from fam_lightning.reliability import NonFiniteCount, ReliableTraining, nan_if_nonfinite
 
 
 class RetrievalModel(ReliableTraining, L.LightningModule):
@@ -108,7 +108,7 @@ class RetrievalModel(ReliableTraining, L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         embeddings = self(batch["image"])
         loss = self.criterion(embeddings, batch["label"])
-        check_finite_loss(self.global_step, loss, {f"{self.hparams.loss}_loss": loss})
+        self.guard_finite_loss(loss, {f"{self.hparams.loss}_loss": loss})
         self.log("train/loss", loss, batch_size=embeddings.shape[0])
         return loss
 
