@@ -32,7 +32,7 @@ from fam_lightning.importers.bank import fill_bank
 from fam_lightning.knn import KNNIndex
 from fam_lightning.memory import FeatureQueue, MemoryBank, gather_from_all_ranks
 from fam_lightning.protocol import ExplanationInputs
-from fam_lightning.reliability import NonFiniteCount, ReliableTraining, check_finite_loss, nan_if_nonfinite
+from fam_lightning.reliability import NonFiniteCount, ReliableTraining, nan_if_nonfinite
 
 
 class MemoryBankModel(ReliableTraining, L.LightningModule):
@@ -195,7 +195,7 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
             loss = self._npid_step(batch)
         else:
             loss = self._moco_step(batch)
-        check_finite_loss(self.global_step, loss, {f"{self.hparams.method}_loss": loss})
+        self.guard_finite_loss(loss, {f"{self.hparams.method}_loss": loss})
         self.log("train/loss", loss, batch_size=batch["index"].shape[0])
         return loss
 
