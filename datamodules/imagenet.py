@@ -226,11 +226,13 @@ def read_imagenet_split(
         )
     annotations = Path(boxes_dir) if boxes_dir is not None else root / "boxes"
     paths, labels, boxes, sizes, files = [], [], [], [], []
+    # the flat annotation folder (ILSVRC val) is listed once, not once per class: O(files), not O(classes x files)
+    flat = (annotations / split, _xml_stems(annotations / split)) if read_boxes else None
     for wnid in folders:
         images, beside = _list_class_folder(split_dir / wnid)
         xml_dirs = [(split_dir / wnid, beside)]
         if read_boxes:
-            xml_dirs += [(d, _xml_stems(d)) for d in (annotations / split / wnid, annotations / split)]
+            xml_dirs += [(annotations / split / wnid, _xml_stems(annotations / split / wnid)), flat]
         for image in images:
             xml = _find_xml(image.stem, xml_dirs) if read_boxes else None
             parsed = parse_voc_xml(xml) if xml is not None else None
