@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from .checkpoint import ModelCheckpoint
 from .fam import FAMCallback
 
-__all__ = ["FAMCallback"]
+__all__ = ["FAMCallback", "ModelCheckpoint"]

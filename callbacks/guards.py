@@ -35,27 +35,36 @@ RNG_KEY = "fam_rng_states"
 INTERRUPTED_NAME = "interrupted.ckpt"
 
 
-class RunInterrupted(SIGTERMException):
-    """Raised at a training batch end after SIGINT: stops the run like Lightning's SIGTERM stop."""
-
-
 class InterruptCheckpoint(Callback):
     """Save ``interrupted.ckpt`` when a fit is stopped by SIGTERM or SIGINT; restore RNGs on mid-epoch resume.
 
-    After the run, :attr:`saved_path` is the checkpoint written (None if none)
-    and :attr:`signal_number` the signal that stopped it.
+    Both signals stop the run at the same point, the end of the current training step (after its hooks,
+    logging and progress counters), so the checkpoint's step count and batch progress agree and a resume
+    continues at the next batch: SIGTERM through Lightning's own flag, Ctrl+C by raising that same flag.
+    A signal that arrives during validation is held until the validation has finished (its metrics,
+    probe grid and checkpoints are written), then the run stops: a preempted job loses no validation.
+
+    After the run, :attr:`saved_path` is the checkpoint written (None if none), :attr:`signal_number`
+    the signal that stopped it and :attr:`stage` the trainer function it stopped (``"fit"``, ``"validate"`` ...).
     """
 
     def __init__(self) -> None:
         self.saved_path: Path | None = None
         self.signal_number: int | None = None
+        self.stage: str | None = None
         self._sigint_seen = False
+        self._held_during_validation = False
         self._previous_sigint: Any = None
+        self._trainer: L.Trainer | None = None
         self._rng_states: dict[str, Any] | None = None
 
     # -- signals ------------------------------------------------------------------------
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # installed at setup, before any callback's on_fit_start / on_train_start (the FAM step-0 pass)
+        self._trainer = trainer
         self._sigint_seen = False
+        if stage != "fit":
+            return
         try:
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:  # not the main thread: leave Ctrl+C to Lightning
@@ -64,34 +73,47 @@ class InterruptCheckpoint(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigint()
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+        self._trainer = None
+
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self._sigint_seen = True
         self._restore_sigint()  # a second Ctrl+C stops at once
-        rank_zero_info("\nCtrl+C: finishing the current training step, then saving a checkpoint (Ctrl+C again to kill)")
+        rank_zero_info("\nCtrl+C: finishing the current training step (and any validation), then saving a checkpoint "
+                       "(Ctrl+C again to kill)")
+        if self._trainer is not None:
+            self._trainer._signal_connector.received_sigterm = True  # Lightning stops at the step's end
 
     def _restore_sigint(self) -> None:
         if self._previous_sigint is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self._sigint_seen:
-            self._sigint_seen = False
-            raise RunInterrupted(signal.SIGINT)
+    # -- a stop requested during validation waits for its end -------------------------------
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.state.fn == "fit" and trainer.received_sigterm:
+            trainer._signal_connector.received_sigterm = False  # Lightning would stop after this batch
+            self._held_during_validation = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._held_during_validation:
+            self._held_during_validation = False
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
-        if isinstance(exception, RunInterrupted):
+        if isinstance(exception, SIGTERMException):
+            self.signal_number = int(signal.SIGINT if self._sigint_seen else signal.SIGTERM)
+        elif isinstance(exception, KeyboardInterrupt):  # a second Ctrl+C, or one outside a fit
             self.signal_number = int(signal.SIGINT)
-        elif isinstance(exception, SIGTERMException):
-            self.signal_number = int(signal.SIGTERM)
-        elif isinstance(exception, KeyboardInterrupt):  # Ctrl+C outside a training step (e.g. during setup)
-            self.signal_number = int(signal.SIGINT)
+            self.stage = str(trainer.state.fn.value) if trainer.state.fn else None
             return
         else:
             return
-        if not trainer.training and not trainer.validating:
-            return
+        self.stage = str(trainer.state.fn.value) if trainer.state.fn else None
+        if self.stage != "fit" or trainer.global_step == 0:
+            return  # validate / test / predict have nothing to resume; a fit before its first step neither
         path = self.checkpoint_dir(trainer) / INTERRUPTED_NAME
         trainer.save_checkpoint(path)
         self.saved_path = path
