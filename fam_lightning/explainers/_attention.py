@@ -16,7 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor, nn
+
+from fam_lightning.explainers.base import Explainer, normalize_saliency
+from fam_lightning.protocol import SimilarityModel
 
 
 def token_model(model: nn.Module) -> nn.Module:
@@ -94,3 +98,28 @@ def readout(relevance: Tensor, num_prefix_tokens: int, grid: tuple[int, int], ro
     if scores.shape[1] != height * width:
         raise ValueError(f"{scores.shape[1]} patch tokens do not fill the {height} x {width} feature grid")
     return scores.view(-1, height, width)
+
+
+class TokenExplainer(Explainer):
+    """Base of the rollout explainers: the model's token backbone and the read-out rows.
+
+    Args:
+        model: a protocol model whose backbone is a timm ViT-style token model.
+        rows: "patches" (the mean over patch tokens, what GAP pools) or "class".
+    """
+
+    needs_images = True
+
+    def __init__(self, model: SimilarityModel, rows: str = "patches") -> None:
+        super().__init__(model)
+        self.tokens = token_model(model)  # type: ignore[arg-type]
+        if rows not in ("patches", "class"):
+            raise ValueError(f"rows must be 'patches' or 'class', got {rows!r}")
+        self.rows = rows
+
+    def saliency(self, relevance: Tensor, feature_maps: Tensor, images: Tensor) -> Tensor:
+        """(B, N, N) token relevance -> (B, H, W) maps in [0, 1] on the feature maps' grid."""
+        with torch.autocast(images.device.type, enabled=False):
+            grid = (int(feature_maps.shape[-2]), int(feature_maps.shape[-1]))
+            scores = readout(relevance, int(self.tokens.num_prefix_tokens), grid, self.rows)
+            return normalize_saliency(scores, (int(images.shape[-2]), int(images.shape[-1])))

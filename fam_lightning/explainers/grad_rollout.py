@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fam_lightning.explainers._attention import capture_attention, readout, token_model
-from fam_lightning.explainers.base import Explainer, Passes, at_least_float32, decision_scores, normalize_saliency
-from fam_lightning.protocol import SimilarityModel
+from fam_lightning.explainers._attention import TokenExplainer, capture_attention
+from fam_lightning.explainers.base import Passes, at_least_float32, decision_scores
 
 
 def gradient_rollout(attentions: list[Tensor], gradients: list[Tensor]) -> Tensor:
@@ -40,7 +39,7 @@ def gradient_rollout(attentions: list[Tensor], gradients: list[Tensor]) -> Tenso
     return extra
 
 
-class GradientRollout(Explainer):
+class GradientRollout(TokenExplainer):
     """Chefer et al.'s gradient-weighted rollout with the decision score as target.
 
     Args:
@@ -49,14 +48,6 @@ class GradientRollout(Explainer):
     """
 
     name = "grad_rollout"
-    needs_images = True
-
-    def __init__(self, model: SimilarityModel, rows: str = "patches") -> None:
-        super().__init__(model)
-        self.tokens = token_model(model)  # type: ignore[arg-type]
-        if rows not in ("patches", "class"):
-            raise ValueError(f"rows must be 'patches' or 'class', got {rows!r}")
-        self.rows = rows
 
     def explain(
         self,
@@ -72,13 +63,9 @@ class GradientRollout(Explainer):
             refs = None if references is None else references.detach().clone()
             weights = None if reference_weights is None else reference_weights.detach().clone()
             embeddings = at_least_float32(self.model.embed(self.model.forward_features(inputs)))
-            scores = decision_scores(self.model, embeddings, refs, weights)
-            gradients = torch.autograd.grad(scores.sum(), attentions)
-        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-            relevance = gradient_rollout([a.detach() for a in attentions], list(gradients))
-            grid = tuple(feature_maps.shape[-2:])
-            saliency = readout(relevance, int(self.tokens.num_prefix_tokens), grid, self.rows)
-            return normalize_saliency(saliency, tuple(images.shape[-2:]))
+            gradients = torch.autograd.grad(decision_scores(self.model, embeddings, refs, weights).sum(), attentions)
+        with torch.no_grad():
+            return self.saliency(gradient_rollout([a.detach() for a in attentions], list(gradients)), feature_maps, images)
 
     def forward_passes_per_image(self, channels: int) -> Passes:
         return Passes(backbone=2, backward=1)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fam_lightning.explainers._attention import capture_attention, readout, token_model
-from fam_lightning.explainers.base import Explainer, Passes, at_least_float32, normalize_saliency
-from fam_lightning.protocol import SimilarityModel
+from fam_lightning.explainers._attention import TokenExplainer, capture_attention
+from fam_lightning.explainers.base import Passes, at_least_float32
 
 
 def rollout(attentions: list[Tensor]) -> Tensor:
@@ -36,7 +35,7 @@ def rollout(attentions: list[Tensor]) -> Tensor:
     return result
 
 
-class AttentionRollout(Explainer):
+class AttentionRollout(TokenExplainer):
     """Attention rollout over every block of the model's ViT-style backbone.
 
     Args:
@@ -46,14 +45,6 @@ class AttentionRollout(Explainer):
 
     name = "rollout"
     needs_references = False
-    needs_images = True
-
-    def __init__(self, model: SimilarityModel, rows: str = "patches") -> None:
-        super().__init__(model)
-        self.tokens = token_model(model)  # type: ignore[arg-type]
-        if rows not in ("patches", "class"):
-            raise ValueError(f"rows must be 'patches' or 'class', got {rows!r}")
-        self.rows = rows
 
     def explain(
         self,
@@ -64,11 +55,8 @@ class AttentionRollout(Explainer):
     ) -> Tensor:
         with torch.no_grad(), capture_attention(self.tokens) as attentions:
             self.model.forward_features(images)
-        with torch.autocast(images.device.type, enabled=False):
-            relevance = rollout(attentions)
-            grid = tuple(feature_maps.shape[-2:])
-            saliency = readout(relevance, int(self.tokens.num_prefix_tokens), grid, self.rows)
-            return normalize_saliency(saliency, tuple(images.shape[-2:]))
+            with torch.autocast(images.device.type, enabled=False):
+                return self.saliency(rollout(attentions), feature_maps, images)
 
     def forward_passes_per_image(self, channels: int) -> Passes:
         return Passes(backbone=2)
