@@ -24,7 +24,7 @@ import fam_lightning.models  # noqa: F401
 from fam_lightning.callbacks.guards import InterruptCheckpoint
 from fam_lightning.checkpoint_io import CheckpointWriteError
 from fam_lightning.console import quiet_lightning
-from fam_lightning.importers import PublishedCheckpointError
+from fam_lightning.importers.safe_load import published_cause
 from fam_lightning.loading import DATAMODULE_KEY, MODEL_KEY, import_class, read_checkpoint
 from fam_lightning.runs import (
     RESUMABLE,
@@ -90,6 +90,8 @@ class FAMLightningCLI(LightningCLI):
                 "train.py takes checkpoints written by fam-train / train.py. A published NPID / MoCo file goes "
                 "through --model.init_args.import_checkpoint or python -m fam_lightning.importers"
             )
+        if config.get("weights_only", "absent") is None:
+            config.weights_only = True  # the trainer re-reads the file: weights-only, as read_checkpoint did
         self._check_family(checkpoint, config, ckpt_path)
         self._check_explicit_options(checkpoint, config, ckpt_path)
         self._checkpoint = checkpoint
@@ -167,6 +169,8 @@ class FAMLightningCLI(LightningCLI):
             continued = continue_run(logger, ckpt_path, logging_step(self._checkpoint))
         if continued is None:
             claim_version(logger)
+        else:  # its checkpoints folder is expected to hold the run's earlier checkpoints
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         folder = os.path.relpath(logger.log_dir)
         how = f"continuing {folder}" if continued is not None else f"run folder {folder}"
         rank_zero_info(f"fam-lightning: {how}; view with: {tensorboard_command(logger)}")
@@ -330,9 +334,15 @@ def main(argv: list[str] | None = None) -> None:
             parser_kwargs={"allow_abbrev": False, **{name: dict(no_abbreviations) for name in SUBCOMMANDS}},
             args=argv,
         )
-    except (RunSetupError, PublishedCheckpointError, CheckpointWriteError) as err:
+    except (RunSetupError, CheckpointWriteError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1 if isinstance(err, CheckpointWriteError) else 2)
+        sys.exit(2 if isinstance(err, RunSetupError) else 1)
+    except ValueError as err:  # a published / converted checkpoint that does not fit (jsonargparse wraps it)
+        published = published_cause(err)
+        if published is None:
+            raise
+        print(f"error: {published}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
