@@ -179,9 +179,10 @@ def timm_pooled_head(model: nn.Module, layout: str, name: str) -> tuple[str, nn.
     poolings = {"avg": "gap", "max": "gmp"}
     if pool not in poolings:
         what = "reads out its class token" if pool == "token" else f"pools with {pool or 'nothing'!r}"
+        hint = "; its own embedding: fam_lightning.class_token.decompose_class_token" if pool == "token" else ""
         raise ValueError(
             f"backbone {name!r} {what}, which is not a pooling of its patch-token grid; explain it with the "
-            "family's own pooling (pooling='gap' over the patch tokens) or a model with global_pool='avg'"
+            f"family's own pooling (pooling='gap' over the patch tokens) or a model with global_pool='avg'{hint}"
         )
     layers: list[nn.Module] = []
     if isinstance(norm, nn.LayerNorm):
