@@ -99,7 +99,7 @@ def _read_table(path: Path, num_fields: int) -> list[tuple[int, list[str], int]]
     if not path.is_file():
         raise FileNotFoundError(f"CUB metadata file {path} is missing (a CUB root must contain {', '.join(CUB_FILES)})")
     rows: list[tuple[int, list[str], int]] = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not part of the first id
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -455,17 +455,42 @@ def load_resized_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, 
         FileNotFoundError: If the file is missing.
         ValueError: If the file cannot be decoded (corrupt, truncated, not an image).
     """
+    rgb = decode_rgb(path)
+    original_size = rgb.size
+    array = np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), original_size
+
+
+# Greyscale modes of more than 8 bits (16-bit PNG / TIFF): ``convert("RGB")`` clips them to 255.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def decode_rgb(path: str | Path) -> Image.Image:
+    """The image at ``path``, fully decoded as 8-bit RGB; a missing or undecodable file raises an error naming it.
+
+    The one image decoder of the readers and ``fam-explain``. 16-bit greyscale (``I;16``,
+    ``I;16B``, and ``I`` holding 0 ... 65535) is scaled to 8 bits (value / 257, rounded), not clipped
+    (an ``I`` image whose values all fit 0 ... 255 is taken as 8-bit data).
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} is missing")
     try:
         with Image.open(path) as img:
-            original_size = img.size
-            # convert() forces the full decode inside the try, so truncated files fail here.
-            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            if img.mode in WIDE_GREY_MODES:
+                return _wide_grey_to_rgb(img)
+            return img.convert("RGB")  # forces the full decode inside the try
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot decode image {path}: {err}") from err
-    array = np.asarray(rgb, dtype=np.uint8).copy()
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), original_size
+
+
+def _wide_grey_to_rgb(img: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) greyscale image as 8-bit RGB: 0 ... 65535 -> 0 ... 255."""
+    values = np.asarray(img).astype(np.float64)
+    # a 32-bit integer image whose values fit 8 bits (written from 8-bit data) is kept as it is
+    scale = 1.0 if img.mode == "I" and values.size and values.max() <= 255 and values.min() >= 0 else 257.0
+    grey = np.clip(np.rint(values / scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
 
 
 def scale_box_xywh(box_xywh: torch.Tensor, width: int, height: int, size: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ the same shape, so every tensor gains a leading episode axis
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Protocol
 
 import torch
@@ -40,6 +41,8 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, get_worker_info
 
 from fam_lightning.reliability import mix_seed
+
+from .checks import DataCheckWarning
 
 __all__ = ["EpisodeDataset", "LabelledDataset", "collate_episodes", "mix_seed"]
 
@@ -76,10 +79,17 @@ class EpisodeDataset(Dataset):
             ``torch.initial_seed()`` and the distributed rank, so DataLoader
             workers and DDP ranks differ, and runs repeat under
             ``lightning.seed_everything(..., workers=True)`` (training).
+        empty_classes_error: A class of the split (``dataset.num_classes``) with no
+            image at all is an error naming it (training: the model has an output
+            for it); otherwise it is warned about with the other classes that can
+            never appear in an episode.
+
+    A class with fewer than ``shots + queries`` images can never appear in an
+    episode: a warning names them (``DataCheckWarning``).
 
     Raises:
-        ValueError: If a count is not positive, or fewer than ``ways`` classes
-            have ``shots + queries`` images.
+        ValueError: If a count is not positive, fewer than ``ways`` classes
+            have ``shots + queries`` images, or (``empty_classes_error``) a class has no image.
     """
 
     def __init__(
@@ -90,6 +100,7 @@ class EpisodeDataset(Dataset):
         queries: int,
         num_episodes: int,
         seed: int | None = None,
+        empty_classes_error: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("ways", ways), ("shots", shots), ("queries", queries), ("num_episodes", num_episodes)):
@@ -99,6 +110,7 @@ class EpisodeDataset(Dataset):
         self.ways, self.shots, self.queries = ways, shots, queries
         self.num_episodes = num_episodes
         self.seed = seed
+        self.empty_classes_error = empty_classes_error
         self._class_labels, self._class_rows = self._eligible_classes(torch.as_tensor(dataset.labels, dtype=torch.long))
         self._generator: torch.Generator | None = None
         self._generator_owner: tuple[int, int] | None = None
@@ -109,16 +121,52 @@ class EpisodeDataset(Dataset):
         classes, counts = torch.unique(labels, return_counts=True)
         keep = classes[counts >= need]
         eligible = [torch.nonzero(labels == c).flatten() for c in keep]
+        split = getattr(self.dataset, "split", None)
+        where = f" of split {split!r}" if split is not None else ""
+        short = self._unusable_classes(labels, need, where)
         if len(eligible) < self.ways:
-            split = getattr(self.dataset, "split", None)
-            where = f" of split {split!r}" if split is not None else ""
             smallest = int(counts.min()) if len(counts) else 0
             raise ValueError(
                 f"episode asks for {self.ways}-way {self.shots}-shot {self.queries}-query "
                 f"({need} images per class) but only {len(eligible)} classes{where} have >= {need} images "
                 f"({len(classes)} classes in all, smallest class has {smallest})"
             )
+        if short:
+            warnings.warn(short, DataCheckWarning, stacklevel=3)
         return keep, eligible
+
+    def _unusable_classes(self, labels: torch.Tensor, need: int, where: str) -> str:
+        """The warning naming the classes that can never appear in an episode ("" if none).
+
+        Raises:
+            ValueError: naming the classes without any image, with ``empty_classes_error``.
+        """
+        num_classes = int(getattr(self.dataset, "num_classes", 0) or 0)
+        counts = torch.bincount(labels, minlength=max(num_classes, int(labels.max()) + 1 if len(labels) else 0))
+        names = list(getattr(self.dataset, "classes", None) or [])
+        ids = list(getattr(self.dataset, "class_ids", None) or [])  # e.g. CUB's class ids (label i is ids[i])
+
+        def name(label: int) -> str:
+            shown = f"id {ids[label]}" if label < len(ids) else f"label {label}"
+            return f"{shown} ({names[label]!r})" if label < len(names) else shown
+
+        empty = [c for c in range(len(counts)) if counts[c] == 0]
+        if empty and self.empty_classes_error:
+            shown = ", ".join(name(c) for c in empty[:10]) + (f", ... ({len(empty)} in all)" if len(empty) > 10 else "")
+            raise ValueError(
+                f"class{'es' if len(empty) > 1 else ''} {shown}{where} {'have' if len(empty) > 1 else 'has'} no "
+                "images: every class of the split must have images (check the class labels of the image list)"
+            )
+        short = [c for c in range(len(counts)) if counts[c] < need]
+        if not short:
+            return ""
+        listed = [f"{name(c)}: {int(counts[c])} image{'s' if counts[c] != 1 else ''}" for c in short]
+        shown = "; ".join(listed[:10]) + (f"; ... ({len(short)} in all)" if len(short) > 10 else "")
+        return (
+            f"{len(short)} class{'es' if len(short) > 1 else ''}{where} can never appear in a "
+            f"{self.ways}-way {self.shots}-shot {self.queries}-query episode ({need} images per class "
+            f"needed) and {'are' if len(short) > 1 else 'is'} left out: {shown}"
+        )
 
     @property
     def num_eligible_classes(self) -> int:

@@ -175,7 +175,8 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
             if name == "train":
                 # Episodes come seeded from the sampler keys (train_dataloader), fresh every epoch.
                 episodes = EpisodeDataset(
-                    images, self.train_ways, self.train_shots, self.train_queries, self.train_episodes, seed=None
+                    images, self.train_ways, self.train_shots, self.train_queries, self.train_episodes, seed=None,
+                    empty_classes_error=True,  # the model has an output for every base class
                 )
             else:
                 count = self.val_episodes if name == "val" else self.test_episodes

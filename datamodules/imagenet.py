@@ -49,7 +49,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .cub import IMAGENET_MEAN, IMAGENET_STD, load_resized_image
+from .cub import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, load_resized_image
 
 from . import checks
 
@@ -342,7 +342,7 @@ def _class_names(root: Path, wnids: list[str]) -> list[str]:
     if not path.is_file():
         return list(wnids)
     names: dict[str, str] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -365,18 +365,6 @@ def load_image(path: Path) -> torch.Tensor:
     """
     rgb = decode_rgb(path)
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-
-
-def decode_rgb(path: str | Path) -> Image.Image:
-    """The image at ``path``, fully decoded as RGB; a missing or undecodable file raises an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} is missing")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")  # forces the full decode inside the try
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot decode image {path}: {err}") from err
 
 
 def scale_boxes(boxes: Sequence[Box], width: int, height: int, size: int) -> torch.Tensor:

@@ -155,3 +155,36 @@ def test_missing_image_is_named(cub_root: Path) -> None:
     (cub_root / "images" / "001.Bird_1" / "img_0.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="img_0.jpg"):
         CUBDataset(cub_root, split="base", image_size=16)[0]
+
+
+def test_byte_order_mark_in_the_lists_is_not_part_of_the_first_id(cub_root: Path) -> None:
+    for name in CUB_FILES:  # every list as Windows Notepad saves it: UTF-8 with a BOM, CRLF
+        path = cub_root / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_text().replace("\n", "\r\n").encode())
+    meta = read_cub_metadata(cub_root)
+    assert meta.image_ids[0] == 1 and meta.class_names[1] == "001.Bird_1" and meta.paths[0] == "001.Bird_1/img_0.jpg"
+    assert len(CUBDataset(cub_root, split="base", image_size=16)) == 4 * IMAGES_PER_CLASS
+
+
+def test_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fam_lightning.datamodules.cub import decode_rgb, load_resized_image
+
+    grey8 = np.tile(np.arange(60, 200, dtype=np.uint16), (50, 1))  # 8-bit mean 129.5
+    path = tmp_path / "grey16.png"
+    Image.fromarray(grey8 * 257).save(path)  # 16-bit PNG: 0 ... 65535
+    with Image.open(path) as image:
+        assert image.mode.startswith("I;16")
+        assert np.asarray(image.convert("RGB")).mean() == 255  # what a plain convert("RGB") makes of it
+    decoded = np.asarray(decode_rgb(path))
+    assert decoded.shape == (50, 140, 3) and decoded.mean() == pytest.approx(129.5)
+    assert (decoded[..., 0] == grey8).all() and (decoded[..., 0] == decoded[..., 2]).all()
+    resized, size = load_resized_image(path, 20)
+    assert size == (140, 50) and resized.float().mean().item() == pytest.approx(129.5, abs=1.0)
+    big_endian = tmp_path / "grey16b.tif"  # I;16B, and a 32-bit integer image (mode I) holding 16-bit values
+    Image.frombytes("I;16B", (140, 50), (grey8 * 257).astype(">u2").tobytes()).save(big_endian)
+    wide = tmp_path / "grey_i.tif"
+    Image.fromarray((grey8 * 257).astype(np.int32), mode="I").save(wide)
+    for other in (big_endian, wide):
+        assert np.asarray(decode_rgb(other)).mean() == pytest.approx(129.5)

@@ -128,3 +128,50 @@ def test_distributed_sampler_splits_episodes_across_ranks(data: TinyLabelled) ->
         assert len(batches) == 5 and batches[0]["support"].shape == (3, 3, 8, 8)
     assert set(per_rank[0]).isdisjoint(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == list(range(10))
+
+
+class NamedLabelled(TinyLabelled):
+    """TinyLabelled with the class names / ids of a CUB split (a class may have no image at all)."""
+
+    def __init__(self, counts: list[int], split: str = "val") -> None:
+        super().__init__(counts, split=split)
+        self.num_classes = len(counts)
+        self.classes = [f"Bird_{c}" for c in range(len(counts))]
+        self.class_ids = [10 + c for c in range(len(counts))]
+
+
+def test_classes_that_can_never_appear_in_an_episode_are_named() -> None:
+    from fam_lightning.datamodules.checks import DataCheckWarning
+
+    data = NamedLabelled([4, 1, 4, 4, 0, 4], split="val")  # 1 image, and none, under 1 shot + 1 query
+    with pytest.warns(DataCheckWarning) as caught:
+        episodes = EpisodeDataset(data, ways=3, shots=1, queries=1, num_episodes=4, seed=0)
+    (message,) = [str(w.message) for w in caught]
+    assert "2 classes of split 'val' can never appear in a 3-way 1-shot 1-query episode" in message
+    assert "id 11 ('Bird_1'): 1 image" in message and "id 14 ('Bird_4'): 0 images" in message
+    assert episodes.num_eligible_classes == 4
+
+
+def test_an_empty_training_class_is_an_error_naming_it() -> None:
+    data = NamedLabelled([4, 4, 0, 4], split="base")
+    with pytest.raises(ValueError, match=r"class id 12 \('Bird_2'\) of split 'base' has no images"):
+        EpisodeDataset(data, ways=2, shots=1, queries=1, num_episodes=4, empty_classes_error=True)
+
+
+def test_fewshot_datamodule_names_an_empty_base_class(tmp_path) -> None:
+    import shutil
+
+    from fam_lightning.datamodules import FewShotDataModule
+    from fam_lightning.datamodules.synthetic import write_synthetic_cub
+
+    root = tmp_path / "cub"
+    shutil.copytree(write_synthetic_cub(tmp_path / "synthetic", num_classes=8, images_per_class=4, image_size=24), root)
+    labels = dict(line.split() for line in (root / "image_class_labels.txt").read_text().splitlines())
+    dropped = {image for image, label in labels.items() if label == "1"}  # class 1 is the first base class
+    for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
+        path = root / name
+        path.write_text("".join(f"{line}\n" for line in path.read_text().splitlines() if line.split()[0] not in dropped))
+    data = FewShotDataModule(root=str(root), image_size=16, train_ways=2, train_shots=1, train_queries=1,
+                             eval_ways=2, eval_shots=1, eval_queries=1)
+    with pytest.raises(ValueError, match=r"class id 1 \(.*\) of split 'base' has no images"):
+        data.setup("fit")
