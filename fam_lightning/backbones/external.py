@@ -249,7 +249,8 @@ def _timm_backbone(name: str, model_name: str, pretrained_path: str | None, kwar
     if pretrained_path is not None:
         head = model.pretrained_cfg.get("classifier") or "fc"
         heads = (head,) if isinstance(head, str) else tuple(head)
-        load_into(model, read_state_dict_file(pretrained_path), name, str(pretrained_path), optional=heads)
+        state = _resample_position_embedding(model, read_state_dict_file(pretrained_path), name)
+        load_into(model, state, name, str(pretrained_path), optional=heads)
     model.reset_classifier(0)
     backbone = TimmBackbone(model, 0, name)
     backbone.out_channels = _dry_run(name, backbone.forward_features, model, sides=_timm_sizes(model), freeze_unused=True)
@@ -266,6 +267,23 @@ def _create_timm(timm: object, model_name: str, kwargs: dict) -> nn.Module:
         if "dynamic_img_size" not in str(exc):
             raise
     return timm.create_model(model_name, pretrained=False, **kwargs)  # type: ignore[attr-defined]
+
+
+def _resample_position_embedding(model: nn.Module, state: dict, name: str) -> dict:
+    """A file's ``pos_embed`` from another image size, resampled to the model's grid (as timm does)."""
+    own, theirs, embed = getattr(model, "pos_embed", None), state.get("pos_embed"), _patch_embed(model)
+    if not isinstance(own, Tensor) or not isinstance(theirs, Tensor) or embed is None or theirs.shape == own.shape:
+        return state
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 0))
+    side = int(round((theirs.shape[1] - prefix) ** 0.5))
+    if theirs.dim() != 3 or side * side != theirs.shape[1] - prefix:
+        return state  # not a square grid's embedding: the shape mismatch is reported by load_into
+    from timm.layers import resample_abs_pos_embed
+
+    resampled = resample_abs_pos_embed(theirs, new_size=list(embed.grid_size), old_size=[side, side],
+                                       num_prefix_tokens=prefix, verbose=False)
+    log.info("backbone %r: pos_embed resampled from a %d x %d to a %d x %d grid", name, side, side, *embed.grid_size)
+    return {**state, "pos_embed": resampled}
 
 
 def _timm_sizes(model: nn.Module) -> list[tuple[int, int]]:

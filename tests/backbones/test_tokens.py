@@ -181,3 +181,15 @@ def test_tokens_to_grid_and_token_grid_on_a_users_transformer() -> None:
     assert FAMExplainer(adapter)(x, refs).shape == (2, 96, 128)
     with pytest.raises(ValueError, match="not both"):
         SimilarityAdapter(net, target_layer="norm", token_grid=TokenGrid(8, 1), reshape_transform=lambda a: a)
+
+
+def test_weights_from_another_image_size_get_their_position_embedding_resampled(tmp_path) -> None:
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, **VIT)  # 48 px: a 6 x 6 grid
+    torch.save(source.state_dict(), tmp_path / "vit48.pth")
+    kwargs = dict(VIT, img_size=64)  # 8 x 8
+    backbone = create_backbone("timm:vit_tiny_patch16_224", pretrained_path=str(tmp_path / "vit48.pth"), **kwargs)
+    expected = timm.layers.resample_abs_pos_embed(source.pos_embed.detach(), new_size=[8, 8], old_size=[6, 6],
+                                                  num_prefix_tokens=1)
+    torch.testing.assert_close(backbone.model.pos_embed.detach(), expected)
+    torch.testing.assert_close(backbone.model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
