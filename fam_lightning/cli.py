@@ -228,6 +228,7 @@ class FAMLightningCLI(LightningCLI):
         if logger is not None and logger.log_dir:
             lines.append(f"  TensorBoard logs: {os.path.relpath(logger.log_dir)}")
             lines.append(f"  view them with:   {tensorboard_command(logger)}")
+            lines.append("  energy vs its baselines on one chart: the Custom Scalars tab (http://localhost:6006/#custom_scalars)")
         rank_zero_info("\n".join(lines))
 
 

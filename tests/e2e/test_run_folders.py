@@ -77,7 +77,8 @@ def test_a_resumed_fit_continues_in_its_run_folder_and_last_finds_it(
     assert code == 0, printed[-3000:]
     assert "resuming from logs/quickstart/version_0/checkpoints/interrupted.ckpt" in printed
     assert "continuing logs/quickstart/version_0" in printed
-    assert "tensorboard --logdir logs/quickstart --samples_per_plugin images=0" in _last_line(printed)
+    assert "tensorboard --logdir logs/quickstart --samples_per_plugin images=0" in printed
+    assert _last_line(printed).endswith("(http://localhost:6006/#custom_scalars)")
     assert "weights_only` was not set" not in printed  # the resume reads the checkpoint weights-only
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # no second folder
     assert not stale.exists()
@@ -197,3 +198,17 @@ def test_checkpoints_get_the_umask_mode(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert stat.S_IMODE(os.stat(tmp_path / "a.ckpt").st_mode) == 0o640
+
+
+def test_a_signal_during_validate_says_there_is_nothing_to_resume(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from fam_lightning.cli import FAMLightningCLI
+
+    guard = SimpleNamespace(saved_path=None, signal_number=15, stage="validate")
+    cli = SimpleNamespace(interrupt_guard=guard, trainer=SimpleNamespace(is_global_zero=True))
+    with pytest.raises(SystemExit) as stop:
+        FAMLightningCLI._exit_interrupted(cli)  # type: ignore[arg-type]
+    assert stop.value.code == 143
+    message = capsys.readouterr().err.strip()
+    assert "during validate; nothing was saved" in message and "Resume" not in message
