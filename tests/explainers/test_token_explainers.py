@@ -225,3 +225,15 @@ def test_every_explainer_runs_on_swin_and_convnext_grids(name: str) -> None:
         maps = explainer(images, refs if explainer.needs_references else None)
         assert maps.shape == (2, 64, 96) and bool(torch.isfinite(maps).all())
         assert maps.min() >= 0 and maps.max() <= 1
+
+
+def test_rollouts_work_inside_inference_mode() -> None:
+    # a Lightning validation loop runs under inference mode; its tensors are inference tensors
+    model = _adapter("vit")
+    images, refs = _inputs(model)
+    expected = GradientRollout(model)(images, refs), AttentionRollout(model)(images)
+    with torch.inference_mode():
+        frozen_images, frozen_refs = images.clone(), refs.clone()
+        got = GradientRollout(model)(frozen_images, frozen_refs), AttentionRollout(model)(frozen_images)
+    for ours, theirs in zip(got, expected):
+        torch.testing.assert_close(ours, theirs)
