@@ -12,44 +12,38 @@ under our names; :func:`import_into` loads it into a
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import torch
 
 from fam_lightning.backbones.weights import load_into
 from fam_lightning.importers.common import ImportedModel
 from fam_lightning.importers.moco import read_moco
-from fam_lightning.importers.npid import LEMNISCATE_MODULES, read_npid
+from fam_lightning.importers.npid import is_lemniscate_checkpoint, read_npid
+from fam_lightning.importers.safe_load import PublishedCheckpointError, load_published_file
 
 if TYPE_CHECKING:
     from fam_lightning.models import MemoryBankModel
 
-__all__ = ["ImportedModel", "import_into", "model_for", "read_moco", "read_npid", "read_published_checkpoint"]
+__all__ = [
+    "ImportedModel", "PublishedCheckpointError", "import_into", "model_for", "read_moco", "read_npid",
+    "read_published_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
 
 def read_published_checkpoint(path: str | Path) -> ImportedModel:
-    """Detect the format of ``path`` (NPID or MoCo) and read it.
+    """Read ``path`` (an NPID or MoCo checkpoint, told apart by its content) into an :class:`ImportedModel`.
 
-    The file is first opened with ``weights_only=True``; only when that fails on
-    lemniscate's pickled classes is it reopened as an NPID checkpoint (see
-    :mod:`fam_lightning.importers.npid` on ``weights_only=False``).
+    The file is unpickled once, by :func:`~fam_lightning.importers.safe_load.load_published_file`
+    (torch's weights-only unpickler; lemniscate's classes as inert stand-ins, no other global).
+
+    Raises:
+        PublishedCheckpointError: a missing or unreadable file, a refused global, or neither format.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"import_checkpoint {str(path)!r} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if any(name in str(error) for name in LEMNISCATE_MODULES):
-            return read_npid(path)
-        raise ValueError(
-            f"{path} is neither a lemniscate.pytorch NPID nor a MoCo checkpoint; "
-            f"weights_only loading failed: {str(error).splitlines()[0]}"
-        ) from None
+    checkpoint = load_published_file(path)
+    if is_lemniscate_checkpoint(checkpoint):
+        return read_npid(path, checkpoint)
     return read_moco(path, checkpoint)
 
 
@@ -70,16 +64,20 @@ def import_into(model: MemoryBankModel, path: str | Path | ImportedModel) -> Imp
               "embedding_dim": imported.embedding_dim, "backbone_slope": 0.0}
     wrong = [f"--model.init_args.{k} {v}" for k, v in wanted.items() if hp.get(k) != v]
     if wrong:
-        raise ValueError(
+        raise PublishedCheckpointError(
             f"{path} is a {imported.source} {imported.arch} ({imported.head} head, {imported.embedding_dim}-d); "
             f"the model does not match it: set {' '.join(wrong)}"
         )
     name = f"{imported.source} checkpoint"
-    load_into(model.backbone, imported.backbone, f"{name} backbone", str(path))
-    load_into(model.projection, imported.projection, f"{name} head", str(path))
+    parts = [(model.backbone, imported.backbone, "backbone"), (model.projection, imported.projection, "head")]
     if model.key_backbone is not None and imported.key_backbone is not None:
-        load_into(model.key_backbone, imported.key_backbone, f"{name} key backbone", str(path))
-        load_into(model.key_projection, imported.key_projection, f"{name} key head", str(path))
+        parts += [(model.key_backbone, imported.key_backbone, "key backbone"),
+                  (model.key_projection, imported.key_projection, "key head")]
+    for module, state, part in parts:
+        try:
+            load_into(module, state, f"{name} {part}", str(path))
+        except ValueError as error:  # missing keys / shapes (e.g. backbone_kwargs that change the ResNet)
+            raise PublishedCheckpointError(str(error)) from None
     if model.queue is not None and imported.queue is not None:
         model.replace_queue(imported.queue, imported.queue_ptr)
     if imported.bank is not None:

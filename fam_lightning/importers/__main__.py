@@ -10,30 +10,61 @@ published file (and, for NPID, its ``weights_only=False`` unpickling) is
 needed only once. MoCo has no bank: ``--bank-size`` (the number of training
 images) reserves it, and it is computed over the training set before the
 first evaluation.
+
+The checkpoint names its classes as ``fam-train`` writes them (the model's
+``_class_path`` with its arguments; a ``ContrastiveDataModule`` at
+``--image-size`` without a root), so the tools read it too::
+
+    python train.py validate --config configs/contrastive/npid_resnet50_import.yaml \
+        --ckpt_path npid_resnet50.ckpt --data.root /data/imagenet
+    fam-explain --ckpt_path npid_resnet50.ckpt --images photo.jpg --references ref1.jpg ref2.jpg
+    fam-evaluate --ckpt_path npid_resnet50.ckpt --data.root /data/imagenet --name NPID --table results/imagenet
+
+A file that cannot be read or converted ends with one sentence naming it (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import lightning
 
 from fam_lightning.checkpoint_io import AtomicCheckpointIO
 from fam_lightning.importers import model_for, read_published_checkpoint
+from fam_lightning.importers.safe_load import PublishedCheckpointError
+
+MODEL_CLASS = "fam_lightning.models.MemoryBankModel"
+DATAMODULE_CLASS = "fam_lightning.datamodules.ContrastiveDataModule"
+# what LightningCLI stores beside a model's arguments; load_from_checkpoint builds the class through it
+INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+PUBLISHED_IMAGE_SIZE = 224  # lemniscate.pytorch and MoCo train and evaluate ImageNet at 224 x 224
 
 
-def convert(source: str | Path, target: str | Path, bank_size: int | None = None) -> Path:
-    """Write ``target`` (a Lightning checkpoint) from the published checkpoint ``source``."""
+def convert(source: str | Path, target: str | Path, bank_size: int | None = None,
+            image_size: int = PUBLISHED_IMAGE_SIZE) -> Path:
+    """Write ``target`` (a Lightning checkpoint) from the published checkpoint ``source``.
+
+    Raises:
+        PublishedCheckpointError: ``source`` unreadable, refused, or a MoCo file without ``bank_size``.
+    """
     imported = read_published_checkpoint(source)
     if imported.bank is None and bank_size is None:
-        raise ValueError(f"{source} is a {imported.source} checkpoint without a bank: pass --bank-size "
-                         "<number of training images> (the bank is computed over them before evaluating)")
+        raise PublishedCheckpointError(
+            f"{source} is a {imported.source} checkpoint without a bank: pass --bank-size <number of training "
+            "images> (the bank is computed over them before evaluating)"
+        )
+    if bank_size is not None and bank_size < 1:
+        raise PublishedCheckpointError(f"--bank-size must be the number of training images (>= 1), got {bank_size}")
     kwargs: dict[str, object] = {} if imported.bank is not None else {"bank_size": bank_size}
     model = model_for(imported, **kwargs)
     checkpoint = {
         "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
+        "hyper_parameters": {"_class_path": MODEL_CLASS, **dict(model.hparams), "_instantiator": INSTANTIATOR},
+        "datamodule_hyper_parameters": {
+            "_class_path": DATAMODULE_CLASS, "image_size": image_size, "two_views": False, "bank_loader": False,
+        },
         "pytorch-lightning_version": lightning.__version__,
         "epoch": 0,
         "global_step": 0,
@@ -44,15 +75,22 @@ def convert(source: str | Path, target: str | Path, bank_size: int | None = None
     return Path(target)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fam_lightning.importers", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="published checkpoint (lemniscate.pytorch NPID or MoCo v1 / v2)")
     parser.add_argument("target", help="Lightning checkpoint to write (.ckpt)")
     parser.add_argument("--bank-size", type=int, default=None, help="training images (MoCo only)")
+    parser.add_argument("--image-size", type=int, default=PUBLISHED_IMAGE_SIZE,
+                        help="model input side recorded for the tools (default: %(default)s, as published)")
     args = parser.parse_args(argv)
-    path = convert(args.source, args.target, args.bank_size)
+    try:
+        path = convert(args.source, args.target, args.bank_size, args.image_size)
+    except PublishedCheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

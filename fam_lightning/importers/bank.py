@@ -35,17 +35,19 @@ class TrainingImages(Dataset):
 def fill_bank(model: MemoryBankModel) -> None:
     """Write ``normalize(model(image))`` of every training image into ``model.bank`` (with a progress bar).
 
-    Under DDP each rank embeds a contiguous share and the shares are gathered,
-    so every rank ends with the same full bank.
+    The images come from ``model.bank_datamodule()`` (the Trainer's datamodule, or
+    one given to ``attach_datamodule``). Under DDP each rank embeds a contiguous
+    share and the shares are gathered, so every rank ends with the same full bank.
     """
-    trainer = model.trainer
-    datamodule = getattr(trainer, "datamodule", None)
+    datamodule = model.bank_datamodule()
     if datamodule is None or not hasattr(datamodule, "train_images"):
         raise ValueError(
             "MemoryBankModel: the imported checkpoint has no bank, and computing one needs a datamodule "
             "with train_images(indices) (e.g. fam_lightning.datamodules.ContrastiveDataModule)"
         )
-    size, world, rank = model.bank.size, trainer.world_size, trainer.global_rank
+    trainer = model._trainer  # None outside a Trainer (MemoryBankModel.attach_datamodule): one process
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    size = model.bank.size
     share = math.ceil(size / world)
     # equal shares for all_gather: the last rank repeats the final row (the same value written twice)
     rows = torch.arange(rank * share, (rank + 1) * share).clamp(max=size - 1)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from fam_lightning.backbones.weights import strip_prefix, torchvision_resnet_to_ours
+from fam_lightning.importers.safe_load import PublishedCheckpointError
 
 # (blocks per stage, bottleneck?) -> the registered backbone that has them
 RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), True): "resnet50"}
@@ -28,7 +29,7 @@ class ImportedModel:
         projection: state_dict of the head (``weight``/``bias`` or ``0.*``/``2.*``).
         key_backbone, key_projection: MoCo's key encoder (a copy of the query
             encoder when the file has none); None for NPID.
-        bank: (N, D) NPID memory bank (L2-normalised rows), or None.
+        bank: (N, D) NPID memory bank, its rows as saved (see :mod:`~fam_lightning.importers.npid`), or None.
         queue: (K, D) MoCo negatives, or None; queue_ptr its next row.
         extras: other values read (epoch, NCE normaliser Z, ...).
     """
@@ -59,7 +60,7 @@ def resnet_arch(state: Mapping[str, Tensor], source: str) -> str:
         return RESNETS[(tuple(blocks), bottleneck)]
     except KeyError:
         kind = "bottleneck" if bottleneck else "basic"
-        raise ValueError(
+        raise PublishedCheckpointError(
             f"{source}: a ResNet with {kind} blocks {tuple(blocks)} per stage; importable are "
             "resnet18 (basic 2-2-2-2) and resnet50 (bottleneck 3-4-6-3)"
         ) from None
@@ -77,6 +78,6 @@ def split_resnet_encoder(state: Mapping[str, Tensor], source: str) -> tuple[str,
     elif "weight" in head_state:
         head = "linear"
     else:
-        raise ValueError(f"{source}: the encoder has no fc head (fc.weight, or fc.0 / fc.2 of MoCo v2)")
+        raise PublishedCheckpointError(f"{source}: the encoder has no fc head (fc.weight, or fc.0 / fc.2 of MoCo v2)")
     backbone = torchvision_resnet_to_ours({k: v for k, v in state.items() if not k.startswith("fc.")})
     return arch, head, backbone, head_state

@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric
 
 from fam_lightning import fam
 from fam_lightning.backbones import build_backbone
-from fam_lightning.importers import import_into
+from fam_lightning.importers import PublishedCheckpointError, import_into
 from fam_lightning.importers.bank import fill_bank
 from fam_lightning.knn import KNNIndex
 from fam_lightning.memory import FeatureQueue, MemoryBank, gather_from_all_ranks
@@ -157,6 +157,7 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.bank_filled = checkpoint.get("memory_bank_filled", True)
+        self._raise_bank_size_mismatch()  # now that the file is known (trainer.ckpt_path)
 
     def _build_bank(self, size: int) -> None:
         momentum = self.hparams.bank_momentum if self.hparams.method == "npid" else 0.0
@@ -164,21 +165,65 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
         self.hparams["bank_size"] = size
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
+        self._use_datamodule(getattr(self.trainer, "datamodule", None), relabel=stage == "fit")
+
+    def attach_datamodule(self, datamodule: Any) -> None:
+        """Outside a Trainer (e.g. ``fam-sanity``): take the bank's size check, labels and, for an
+        imported MoCo, the training images its bank is computed from, from ``datamodule``."""
+        self._datamodule = datamodule
+        self._use_datamodule(datamodule, relabel=False)
+
+    def bank_datamodule(self) -> Any:
+        """The datamodule whose training set the bank rows are: the Trainer's, else the attached one."""
+        trainer_datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        return trainer_datamodule if trainer_datamodule is not None else getattr(self, "_datamodule", None)
+
+    def _use_datamodule(self, datamodule: Any, relabel: bool) -> None:
         images = getattr(datamodule, "num_train_images", None)
         if self.bank is None:
             if images is None:
                 raise ValueError("MemoryBankModel needs bank_size or a datamodule with num_train_images")
             self._build_bank(int(images))
-        elif images is not None:
-            self.bank.check_dataset_size(int(images))
+        elif images is not None and int(images) != self.bank.size:
+            # raised once the bank's file is known: at once for import_checkpoint, else when a Trainer
+            # restores its checkpoint (after setup), else when training / evaluation starts
+            self._bank_size_mismatch = (int(images), getattr(datamodule, "data_root", None))
+            if self.hparams.import_checkpoint is not None or self._trainer is None:
+                self._raise_bank_size_mismatch()
+            return
         if self.hparams.num_classes is None and getattr(datamodule, "num_classes", None) is not None:
             self.hparams["num_classes"] = int(datamodule.num_classes)
-        labels = getattr(datamodule, "train_labels", None)
-        if labels is not None and (stage == "fit" or bool((self.bank.labels < 0).all())):
+        if relabel or bool((self.bank.labels < 0).all()):
+            self._labels_from_datamodule()
+
+    def _labels_from_datamodule(self) -> None:
+        """Bank labels = the datamodule's ``train_labels`` (the label of every training image), if it has them."""
+        labels = getattr(self.bank_datamodule(), "train_labels", None)
+        if labels is not None:
             self.bank.set_labels(torch.as_tensor(labels, dtype=torch.long))
 
+    def _raise_bank_size_mismatch(self) -> None:
+        """Raise the bank-size mismatch :meth:`setup` found, naming the file the bank came from, if any."""
+        mismatch = getattr(self, "_bank_size_mismatch", None)
+        if mismatch is None:
+            return
+        images, root = mismatch
+        folder = f"{root}/train" if root is not None else "the datamodule's training set"
+        source = self.hparams.get("import_checkpoint") or (self._trainer.ckpt_path if self._trainer else None)
+        if source is None:
+            raise PublishedCheckpointError(
+                f"the memory bank has {self.bank.size} rows (bank_size) but {folder} has {images} images: use the "
+                f"training set the bank was built from, or for a new model set --model.init_args.bank_size {images} "
+                "or leave it null to read it from the data"
+            )
+        raise PublishedCheckpointError(
+            f"{source}: its memory bank has {self.bank.size} rows, one per training image, but {folder} has "
+            f"{images} images; data.root/train must be the training set the checkpoint was trained on "
+            "(the same images, whose sorted order gives the rows)"
+        )
+
     def on_train_start(self) -> None:
+        self._raise_bank_size_mismatch()
         if self.queue is not None:
             batch = self.trainer.train_dataloader.batch_size
             if batch is not None:
@@ -258,12 +303,17 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
         self._build_index()
 
     def _build_index(self) -> None:
+        self._raise_bank_size_mismatch()
         if not self.bank_filled:
             fill_bank(self)
             self.bank_filled = True
-        if int((self.bank.labels < 0).sum()) == self.bank.size:
+        if bool((self.bank.labels < 0).all()):  # e.g. restored from a converted file, saved before any labels
+            self._labels_from_datamodule()
+        if bool((self.bank.labels < 0).all()):
             raise ValueError("the memory bank has no labels: the datamodule must expose train_labels")
-        self._index = KNNIndex(backend="torch", metric="cosine")
+        # lemniscate's kNN: unit queries against the rows as stored (unit once trained; an imported bank's
+        # never-updated rows keep their initial norms, as the authors score them)
+        self._index = KNNIndex(backend="torch", metric="dot")
         self._index.add(self.bank.bank, self.bank.labels)
         self.val_top1.reset()
         self.val_top5.reset()
@@ -322,7 +372,7 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
         embeddings = self.embed(feature_maps)
         scores, rows, votes = self.knn(embeddings)
         inputs = self._explanation(batch, feature_maps, embeddings, scores, rows, votes)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        datamodule = self.bank_datamodule()
         if datamodule is not None and hasattr(datamodule, "train_images"):
             count = min(num_neighbours, rows.shape[1])
             strongest = inputs.reference_weights.topk(count, dim=1).indices  # (B, R) largest votes

@@ -9,131 +9,47 @@ from __future__ import annotations
 
 import math
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-from fam_lightning.importers import read_published_checkpoint
+from fam_lightning.importers import PublishedCheckpointError, read_published_checkpoint
 from fam_lightning.models import MemoryBankModel
 from tests.conftest import REPO, run_cli
+from tests.importers.published_files import (
+    DIM, embed, lemniscate_knn, source_resnet18, write_lemniscate_checkpoint, write_moco_checkpoint,
+)
 
-DIM = 128
-
-
-def _source_resnet18(head: str, seed: int) -> nn.Module:
-    """torchvision ResNet-18 with the fc of NPID / MoCo v1 (linear) or MoCo v2 (MLP), non-trivial BN stats."""
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None)
-    if head == "linear":
-        model.fc = nn.Linear(512, DIM)
-    else:
-        model.fc = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, DIM))
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-@torch.no_grad()
-def _embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return F.normalize(model(images), dim=1)  # NPID's Normalize(2) / MoCo's F.normalize
-
-
-def _lemniscate_knn(features: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, k: int,
-                    t: float, classes: int) -> torch.Tensor:
-    """lemniscate.pytorch test.kNN: top-K cosine neighbours vote exp(s / T) for their label."""
-    similarity, rows = (features @ memory.t()).topk(k, dim=1)
-    votes = torch.zeros(features.shape[0], classes).scatter_add_(1, labels[rows], (similarity / t).exp())
-    return votes.argmax(1)
-
-
-def _install_lemniscate(monkeypatch: pytest.MonkeyPatch) -> type[nn.Module]:
-    """A test-local ``lib`` package with stand-ins of lemniscate's NCEAverage and AliasMethod."""
-
-    class AliasMethod:
-        def __init__(self, probs: torch.Tensor) -> None:
-            self.prob, self.alias = probs.clone(), torch.zeros(len(probs), dtype=torch.long)
-
-    class NCEAverage(nn.Module):
-        def __init__(self, input_size: int, output_size: int, k: int, t: float = 0.07, momentum: float = 0.5) -> None:
-            super().__init__()
-            self.nLem = output_size
-            self.multinomial = AliasMethod(torch.ones(output_size))
-            self.K = k
-            self.register_buffer("params", torch.tensor([k, t, -1.0, momentum]))
-            stdv = 1.0 / math.sqrt(input_size / 3)
-            self.register_buffer("memory", torch.rand(output_size, input_size).mul_(2 * stdv).add_(-stdv))
-
-    lib = types.ModuleType("lib")
-    nce_module = types.ModuleType("lib.NCEAverage")
-    alias_module = types.ModuleType("lib.alias_multinomial")
-    NCEAverage.__module__, NCEAverage.__qualname__ = "lib.NCEAverage", "NCEAverage"
-    AliasMethod.__module__, AliasMethod.__qualname__ = "lib.alias_multinomial", "AliasMethod"
-    nce_module.NCEAverage, alias_module.AliasMethod = NCEAverage, AliasMethod
-    lib.NCEAverage, lib.alias_multinomial = nce_module, alias_module
-    for name, module in (("lib", lib), ("lib.NCEAverage", nce_module), ("lib.alias_multinomial", alias_module)):
-        monkeypatch.setitem(sys.modules, name, module)
-    return NCEAverage
-
-
-def write_lemniscate_checkpoint(path: Path, source: nn.Module, memory: torch.Tensor,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """lemniscate main.py's save_checkpoint: DataParallel keys, the NCEAverage module pickled whole."""
-    with monkeypatch.context() as patch:
-        nce_average = _install_lemniscate(patch)
-        lemniscate = nce_average(DIM, memory.shape[0], 16)
-        lemniscate.memory.copy_(memory)
-        lemniscate.params[2] = 123.0  # Z, estimated on the first batch
-        torch.save({
-            "epoch": 200, "arch": "resnet18",
-            "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()},
-            "lemniscate": lemniscate, "best_prec1": 41.5,
-            "optimizer": torch.optim.SGD(source.parameters(), lr=0.03, momentum=0.9).state_dict(),
-        }, path)
-    assert "lib" not in sys.modules  # the import below runs without lemniscate's classes
-
-
-def write_moco_checkpoint(path: Path, query: nn.Module, key: nn.Module | None, prefix: str, queue: int = 64) -> None:
-    """main_moco.py's checkpoint: the builder's state_dict (encoder_q, encoder_k, queue 128 x K, queue_ptr)."""
-    state = {f"{prefix}encoder_q.{k}": v for k, v in query.state_dict().items()}
-    if key is not None:
-        state.update({f"{prefix}encoder_k.{k}": v for k, v in key.state_dict().items()})
-    torch.manual_seed(5)
-    state[f"{prefix}queue"] = F.normalize(torch.randn(DIM, queue), dim=0)
-    state[f"{prefix}queue_ptr"] = torch.tensor([16])
-    torch.save({"epoch": 800, "arch": "resnet18", "state_dict": state, "optimizer": {}}, path)
-
-
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_npid_checkpoint_gives_the_source_embeddings_and_knn_predictions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, legacy: bool
 ) -> None:
-    source = _source_resnet18("linear", seed=0)
+    source = source_resnet18("linear", seed=0)
     torch.manual_seed(1)
     train, queries = torch.randn(40, 3, 64, 64), torch.randn(6, 3, 64, 64)
-    memory, labels = _embed(source, train), torch.arange(40) % 4
+    memory, labels = embed(source, train), torch.arange(40) % 4
+    # rows training never updated keep lemniscate's uniform initialisation (not unit): scored raw, as test.kNN
+    stdv = 1.0 / math.sqrt(DIM / 3)
+    memory[::3] = torch.rand(len(memory[::3]), DIM).mul_(2 * stdv).add_(-stdv) * 1.5
     path = tmp_path / "checkpoint.pth.tar"
-    write_lemniscate_checkpoint(path, source, memory, monkeypatch)
+    write_lemniscate_checkpoint(path, source, memory, monkeypatch, legacy=legacy)
 
     model = MemoryBankModel(method="npid", backbone="resnet18", import_checkpoint=str(path), num_classes=4,
                             knn_k=10).eval()
-    assert "weights_only=False" in caplog.text  # the unsafe load is announced
-    torch.testing.assert_close(model(queries), _embed(source, queries), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.bank.bank, memory)
+    torch.testing.assert_close(model(queries), embed(source, queries), atol=1e-5, rtol=1e-4)
+    assert torch.equal(model.bank.bank, memory)  # as saved, not re-normalised
     assert model.nce_normalizer.item() == 123.0
     model.bank.set_labels(labels)
     model._build_index()
     with torch.no_grad():
         scores, _, _ = model.knn(model.embed(model.forward_features(queries)))
-    expected = _lemniscate_knn(_embed(source, queries), memory, labels, k=10, t=0.07, classes=4)
+    expected = lemniscate_knn(embed(source, queries), memory, labels, k=10, t=0.07, classes=4)
     assert torch.equal(scores.argmax(1), expected)
+    cosine = lemniscate_knn(embed(source, queries), F.normalize(memory, dim=1), labels, k=10, t=0.07, classes=4)
+    assert not torch.equal(cosine, expected)  # the raw rows matter here: normalising them changes predictions
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
@@ -141,7 +57,7 @@ def test_npid_checkpoint_gives_the_source_embeddings_and_knn_predictions(
 @pytest.mark.parametrize("with_key_encoder", [True, False])
 def test_moco_checkpoint_gives_the_source_embeddings(tmp_path: Path, head: str, prefix: str,
                                                      with_key_encoder: bool) -> None:
-    query, key = _source_resnet18(head, seed=0), _source_resnet18(head, seed=1)
+    query, key = source_resnet18(head, seed=0), source_resnet18(head, seed=1)
     path = tmp_path / "moco.pth.tar"
     write_moco_checkpoint(path, query, key if with_key_encoder else None, prefix)
     imported = read_published_checkpoint(path)
@@ -149,11 +65,11 @@ def test_moco_checkpoint_gives_the_source_embeddings(tmp_path: Path, head: str, 
 
     model = MemoryBankModel(method="moco", backbone="resnet18", head=head, import_checkpoint=str(path)).eval()
     images = torch.randn(3, 3, 64, 64)
-    torch.testing.assert_close(model(images), _embed(query, images), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model(images), embed(query, images), atol=1e-5, rtol=1e-4)
     with torch.no_grad():
         keys = F.normalize(model.key_projection(model.key_backbone.forward_features(images).mean((2, 3))), dim=1)
     expected_key = key if with_key_encoder else query  # no encoder_k: MoCo's initial copy of encoder_q
-    torch.testing.assert_close(keys, _embed(expected_key, images), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(keys, embed(expected_key, images), atol=1e-5, rtol=1e-4)
     queue = torch.load(path, weights_only=True)["state_dict"][f"{prefix}queue"]
     torch.testing.assert_close(model.queue.queue, queue.t())
     assert model.queue.ptr.item() == 16 and model.hparams.queue_size == 64
@@ -162,16 +78,14 @@ def test_moco_checkpoint_gives_the_source_embeddings(tmp_path: Path, head: str, 
 
 def test_mismatched_model_names_the_options_to_set(tmp_path: Path) -> None:
     path = tmp_path / "moco.pth.tar"
-    write_moco_checkpoint(path, _source_resnet18("mlp", seed=0), None, "module.")
+    write_moco_checkpoint(path, source_resnet18("mlp", seed=0), None, "module.")
     with pytest.raises(ValueError, match=r"--model.init_args.backbone resnet18 --model.init_args.head mlp"):
         MemoryBankModel(method="moco", backbone="resnet50", head="linear", import_checkpoint=str(path))
     with pytest.raises(ValueError, match="--model.init_args.method moco"):
         MemoryBankModel(method="npid", backbone="resnet18", head="mlp", import_checkpoint=str(path))
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="not a MoCo checkpoint"):
+    with pytest.raises(PublishedCheckpointError, match="neither a lemniscate.pytorch NPID nor a MoCo checkpoint"):
         read_published_checkpoint(tmp_path / "other.pth")
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
-        read_published_checkpoint(tmp_path / "missing.pth")
 
 
 def _printed(metric: str, output: str) -> float:
@@ -207,8 +121,8 @@ def test_validate_cli_reports_knn_top1_and_fam_metrics_of_an_imported_checkpoint
 ) -> None:
     labels, train, val = _data(data_dir)
     head = "linear" if kind == "npid" else "mlp"
-    source = _source_resnet18(head, seed=2)
-    bank = _embed(source, train)
+    source = source_resnet18(head, seed=2)
+    bank = embed(source, train)
     path = tmp_path / f"{kind}.pth.tar"
     if kind == "npid":
         write_lemniscate_checkpoint(path, source, bank, monkeypatch)
@@ -220,7 +134,7 @@ def test_validate_cli_reports_knn_top1_and_fam_metrics_of_an_imported_checkpoint
                     "--model.init_args.import_checkpoint", str(path), "--data.root", "null",
                     "--data.data_dir", str(data_dir), *DATA_ARGS], cwd=tmp_path)
     out = proc.stdout + proc.stderr
-    predictions = _lemniscate_knn(_embed(source, val["image"]), bank, labels, k=5, t=0.07, classes=4)
+    predictions = lemniscate_knn(embed(source, val["image"]), bank, labels, k=5, t=0.07, classes=4)
     expected = 100.0 * (predictions == val["label"]).float().mean().item()
     assert _printed("val/knn_top1", out) == pytest.approx(expected, abs=1e-3)
     for metric in ("val/fam_energy_pointing_game", "val/fam_iou", "val/fam_average_drop"):
@@ -229,7 +143,7 @@ def test_validate_cli_reports_knn_top1_and_fam_metrics_of_an_imported_checkpoint
 
 def test_a_checkpoint_saved_after_import_reloads_without_the_original_file(tmp_path: Path) -> None:
     path = tmp_path / "moco.pth.tar"
-    write_moco_checkpoint(path, _source_resnet18("linear", seed=0), None, "module.")
+    write_moco_checkpoint(path, source_resnet18("linear", seed=0), None, "module.")
     model = MemoryBankModel(method="moco", backbone="resnet18", head="linear", import_checkpoint=str(path),
                             bank_size=8)
     checkpoint = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
@@ -244,25 +158,33 @@ def test_a_checkpoint_saved_after_import_reloads_without_the_original_file(tmp_p
     torch.testing.assert_close(restored.eval()(images), model.eval()(images))
 
 
-def test_converter_writes_a_lightning_checkpoint_that_loads_safely(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_converter_writes_a_lightning_checkpoint_that_loads_safely(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from fam_lightning.importers.__main__ import main
+    from fam_lightning.loading import load_model, read_checkpoint
 
-    source = _source_resnet18("linear", seed=0)
+    source = source_resnet18("linear", seed=0)
     memory = F.normalize(torch.randn(12, DIM), dim=1)
     write_lemniscate_checkpoint(tmp_path / "npid.pth.tar", source, memory, monkeypatch)
-    main([str(tmp_path / "npid.pth.tar"), str(tmp_path / "npid.ckpt")])
+    assert main([str(tmp_path / "npid.pth.tar"), str(tmp_path / "npid.ckpt")]) == 0
     (tmp_path / "npid.pth.tar").unlink()
-    torch.load(tmp_path / "npid.ckpt", weights_only=True)  # tensors and plain values only
-    model = MemoryBankModel.load_from_checkpoint(tmp_path / "npid.ckpt").eval()
+    checkpoint = torch.load(tmp_path / "npid.ckpt", weights_only=True)  # tensors and plain values only
+    assert checkpoint["hyper_parameters"]["_class_path"] == "fam_lightning.models.MemoryBankModel"
+    assert checkpoint["datamodule_hyper_parameters"]["image_size"] == 224
     images = torch.randn(2, 3, 64, 64)
-    torch.testing.assert_close(model(images), _embed(source, images), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.bank.bank, memory)
+    for model in (MemoryBankModel.load_from_checkpoint(tmp_path / "npid.ckpt").eval(),
+                  load_model(tmp_path / "npid.ckpt")):  # the fam-* tools' reader: the class named in the file
+        assert isinstance(model, MemoryBankModel)
+        torch.testing.assert_close(model(images), embed(source, images), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model.bank.bank, memory)
+    assert read_checkpoint(tmp_path / "npid.ckpt")["hyper_parameters"]["import_checkpoint"] is None
 
-    write_moco_checkpoint(tmp_path / "moco.pth.tar", _source_resnet18("mlp", seed=0), None, "")
-    with pytest.raises(ValueError, match="--bank-size"):
-        main([str(tmp_path / "moco.pth.tar"), str(tmp_path / "moco.ckpt")])
-    main([str(tmp_path / "moco.pth.tar"), str(tmp_path / "moco.ckpt"), "--bank-size", "20"])
+    write_moco_checkpoint(tmp_path / "moco.pth.tar", source_resnet18("mlp", seed=0), None, "")
+    capsys.readouterr()
+    assert main([str(tmp_path / "moco.pth.tar"), str(tmp_path / "moco.ckpt")]) == 2
+    assert "pass --bank-size" in capsys.readouterr().err and not (tmp_path / "moco.ckpt").exists()
+    assert main([str(tmp_path / "moco.pth.tar"), str(tmp_path / "moco.ckpt"), "--bank-size", "20"]) == 0
     checkpoint = torch.load(tmp_path / "moco.ckpt", weights_only=True)
     assert checkpoint["memory_bank_filled"] is False and checkpoint["hyper_parameters"]["head"] == "mlp"
     assert not MemoryBankModel.load_from_checkpoint(tmp_path / "moco.ckpt").bank_filled
