@@ -67,36 +67,64 @@ PROBE_SIZE = 8
 BLUR_SIGMA_AT_224 = (0.1, 2.0)
 
 
+DEFAULT_CROP_SCALE = (0.2, 1.0)
+DEFAULT_COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)
+
+
 def contrastive_augmentation(
     image_size: int,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     gaussian_blur: bool = False,
+    crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
+    color_jitter: Sequence[float] = DEFAULT_COLOR_JITTER,
+    color_jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
 ) -> v2.Compose:
     """One random view: uint8 (3, H, W) image -> normalised float (3, S, S).
 
-    MoCo v1 / NPID: RandomResizedCrop(S, scale=(0.2, 1.0)), ColorJitter(0.4,
-    0.4, 0.4, 0.1) with p=0.8, RandomGrayscale(p=0.2), RandomHorizontalFlip.
-    With ``gaussian_blur`` (MoCo v2): GaussianBlur with p=0.5 after the
-    grayscale step, kernel ~10% of ``S`` (odd), sigma in ``[0.1, 2.0] x S / 224``.
+    MoCo v1 / NPID (the defaults): RandomResizedCrop(S, scale=(0.2, 1.0)),
+    ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale(p=0.2),
+    RandomHorizontalFlip. With ``gaussian_blur`` (MoCo v2): GaussianBlur with
+    p=0.5 after the grayscale step, kernel ~10% of ``S`` (odd), sigma in
+    ``[0.1, 2.0] x S / 224``. Where colour is part of what a class is (the
+    synthetic data: shape x colour x texture), hue jitter and grayscale teach
+    the model to ignore it: set their strengths to 0.
 
     Args:
         image_size: Side ``S`` of the output view.
         mean: Normalisation mean (images in [0, 1]).
         std: Normalisation standard deviation.
         gaussian_blur: Add MoCo v2's blur.
+        crop_scale: ``(min, max)`` area fraction of the random resized crop.
+        color_jitter: ``(brightness, contrast, saturation, hue)`` strengths; all 0: no jitter.
+        color_jitter_p: Probability of applying the colour jitter.
+        grayscale_p: Probability of turning the view grey.
 
     Returns:
         The transform (torchvision.transforms.v2, on tensors).
     """
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
+    low, high = (float(v) for v in crop_scale)
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {tuple(crop_scale)}")
+    jitter = tuple(float(v) for v in color_jitter)
+    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+        raise ValueError(
+            f"color_jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, got {tuple(color_jitter)}"
+        )
+    for name, prob in (("color_jitter_p", color_jitter_p), ("grayscale_p", grayscale_p)):
+        if not 0 <= prob <= 1:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {prob}")
     steps: list[Callable[..., Any]] = [
-        v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
+        v2.RandomResizedCrop(image_size, scale=(low, high), antialias=True),
         v2.ToDtype(torch.float32, scale=True),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
     ]
+    if any(jitter) and color_jitter_p > 0:
+        steps.append(v2.RandomApply([v2.ColorJitter(*jitter)], p=color_jitter_p))
+    if grayscale_p > 0:
+        steps.append(v2.RandomGrayscale(p=grayscale_p))
     if gaussian_blur:
         kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
         sigma = tuple(s * image_size / 224 for s in BLUR_SIGMA_AT_224)
@@ -196,6 +224,8 @@ class ContrastiveDataModule(L.LightningDataModule):
         pin_memory: Pin batches for faster host-to-GPU copies.
         two_views: Two views per training image (MoCo) or one (NPID).
         gaussian_blur: Add MoCo v2's Gaussian blur to the augmentation.
+        crop_scale, color_jitter, color_jitter_p, grayscale_p: the augmentation's
+            strengths (:func:`contrastive_augmentation`; defaults MoCo v1 / NPID's).
         bank_loader: Return the train-images loader as the second validation
             loader. False for models that keep their bank up to date while
             training (NPID), so no epoch re-reads every training image.
@@ -237,6 +267,10 @@ class ContrastiveDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         two_views: bool = True,
         gaussian_blur: bool = False,
+        crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE,
+        color_jitter: tuple[float, float, float, float] = DEFAULT_COLOR_JITTER,
+        color_jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
         bank_loader: bool = True,
         cache_images: bool = False,
         boxes_dir: str | None = None,
@@ -264,6 +298,11 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.two_views = two_views
         self.gaussian_blur = gaussian_blur
+        self.augmentation = {
+            "crop_scale": tuple(crop_scale), "color_jitter": tuple(color_jitter),
+            "color_jitter_p": color_jitter_p, "grayscale_p": grayscale_p,
+        }
+        contrastive_augmentation(image_size, gaussian_blur=gaussian_blur, **self.augmentation)  # bad values fail here
         self.bank_loader = bank_loader
         self.cache_images = cache_images
         self.boxes_dir = boxes_dir
@@ -355,7 +394,9 @@ class ContrastiveDataModule(L.LightningDataModule):
 
     def _train_views(self) -> ContrastiveViews:
         if "views" not in self._datasets:
-            augment = contrastive_augmentation(self.image_size, self.mean, self.std, self.gaussian_blur)
+            augment = contrastive_augmentation(
+                self.image_size, self.mean, self.std, self.gaussian_blur, **self.augmentation
+            )
             self._datasets["views"] = ContrastiveViews(
                 self.split_index("train"), augment, two_views=self.two_views, cache=self.cache_images
             )

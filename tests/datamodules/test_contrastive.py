@@ -141,3 +141,31 @@ def test_init_arguments_are_typed_with_defaults() -> None:
     for parameter in list(inspect.signature(ContrastiveDataModule.__init__).parameters.values())[1:]:
         assert parameter.annotation is not inspect.Parameter.empty, parameter.name
         assert parameter.default is not inspect.Parameter.empty, parameter.name
+
+
+def test_colour_preserving_augmentation_keeps_the_hue() -> None:
+    """Without hue / saturation jitter and grayscale a red image stays red in every view (the synthetic recipe)."""
+    torch.manual_seed(0)
+    red = torch.zeros(3, 48, 48, dtype=torch.uint8)
+    red[0] = 220
+    keep = contrastive_augmentation(32, crop_scale=(0.5, 1.0), color_jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for _ in range(20):
+        rgb = keep(red) * std + mean
+        assert bool((rgb[0] > rgb[1] + 0.3).all() and (rgb[0] > rgb[2] + 0.3).all())
+    default = contrastive_augmentation(32)  # MoCo v1's grayscale (p = 0.2) turns some views grey
+    greys = sum(bool(((default(red) * std + mean).std(0) < 1e-3).all()) for _ in range(40))
+    assert 0 < greys < 40
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [({"crop_scale": (0.0, 1.0)}, "crop_scale"), ({"crop_scale": (0.8, 0.5)}, "crop_scale"),
+     ({"color_jitter": (0.4, 0.4, 0.4)}, "color_jitter"), ({"color_jitter": (0.4, 0.4, 0.4, 0.7)}, "color_jitter"),
+     ({"grayscale_p": 1.5}, "grayscale_p"), ({"color_jitter_p": -0.1}, "color_jitter_p")],
+)
+def test_bad_augmentation_strengths_are_named(kwargs: dict, named: str, data_dir: Path) -> None:
+    with pytest.raises(ValueError, match=named):
+        contrastive_augmentation(32, **kwargs)
+    with pytest.raises(ValueError, match=named):  # the data module checks them when built
+        ContrastiveDataModule(data_dir=str(data_dir), image_size=32, **kwargs)
