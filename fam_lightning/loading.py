@@ -74,7 +74,10 @@ def class_path(checkpoint: dict[str, Any], key: str = MODEL_KEY, override: str |
 
 
 def load_model(
-    ckpt_path: str | Path, model_class: str | None = None, device: str | torch.device = "cpu"
+    ckpt_path: str | Path,
+    model_class: str | None = None,
+    device: str | torch.device = "cpu",
+    hparams: dict[str, Any] | None = None,
 ) -> SimilarityModel:
     """A protocol model from a Lightning checkpoint, in eval mode on ``device``.
 
@@ -82,6 +85,7 @@ def load_model(
         ckpt_path: checkpoint file.
         model_class: dotted LightningModule class; None reads it from the checkpoint.
         device: where the model goes.
+        hparams: ``__init__`` arguments overriding the stored hyper-parameters (``--config`` / ``--model.*``).
 
     Raises:
         FileNotFoundError: no such file. ValueError: unreadable, no class
@@ -94,7 +98,9 @@ def load_model(
     # an override that is not the stored class must not go through the CLI's instantiator (it builds _class_path)
     extra = {"_instantiator": None} if model_class and stored and import_class(stored) is not cls else {}
     try:
-        model = cls.load_from_checkpoint(str(ckpt_path), map_location=torch.device(device), **extra)
+        model = cls.load_from_checkpoint(
+            str(ckpt_path), map_location=torch.device(device), **{**(hparams or {}), **extra}
+        )
     except Exception as err:  # missing / unexpected keys, shape mismatches, bad hyper-parameters
         raise ValueError(f"cannot load checkpoint {ckpt_path} as {dotted}: {err}") from err
     return check_similarity_model(model.to(device).eval())

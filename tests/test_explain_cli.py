@@ -62,10 +62,9 @@ def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def _find_panel(figure: np.ndarray, photo: np.ndarray) -> tuple[int, int] | None:
     """(x, y) where ``photo`` appears pixel for pixel in ``figure``, or None."""
     h, w = photo.shape[:2]
-    for y in range(figure.shape[0] - h + 1):
-        for x in range(figure.shape[1] - w + 1):
-            if (figure[y, x] == photo[0, 0]).all() and (figure[y:y + h, x:x + w] == photo).all():
-                return x, y
+    for y, x in np.argwhere((figure == photo[0, 0]).all(-1)):  # candidates: the first pixel matches
+        if y + h <= figure.shape[0] and x + w <= figure.shape[1] and (figure[y:y + h, x:x + w] == photo).all():
+            return int(x), int(y)
     return None
 
 
@@ -85,15 +84,16 @@ def test_explain_script_writes_one_figure_per_image_at_the_photo_resolution(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "model input 40 x 40" in proc.stdout  # the input size came from the checkpoint's data module
     assert sorted(p.name for p in out.iterdir()) == ["bird.png", "query.png"]  # no temporary files left
-    photo = np.asarray(Image.open(bird).convert("RGB"))
+    # a 90 px high photo is shown 3x (each pixel a 3 x 3 block): 450 x 270
+    photo = np.asarray(Image.open(bird).convert("RGB")).repeat(3, axis=0).repeat(3, axis=1)
     with Image.open(out / "bird.png") as image:
         assert image.mode == "RGB"
         figure = np.asarray(image)
-    # photo | fam | gradcam | score_fam side by side, each at the photo's 150 x 90 pixels
-    assert figure.shape[1] >= 4 * 150 and figure.shape[0] >= 90
+    # photo | fam | gradcam | score_fam side by side, each at the photo's 150 x 90 pixels, enlarged 3x
+    assert figure.shape[1] >= 4 * 450 and figure.shape[0] >= 270
     x, y = _find_panel(figure, photo)
-    fam_panel = figure[y:y + 90, x + 150 + explain.GAP:x + 2 * 150 + explain.GAP].astype(int)
-    assert fam_panel.shape == (90, 150, 3) and np.abs(fam_panel - photo).mean() > 10  # the map is blended in
+    fam_panel = figure[y:y + 270, x + 450 + explain.GAP:x + 2 * 450 + explain.GAP].astype(int)
+    assert fam_panel.shape == (270, 450, 3) and np.abs(fam_panel - photo).mean() > 10  # the map is blended in
 
 
 def test_maps_cover_the_whole_photo_or_only_its_centre_crop(image_files) -> None:
@@ -112,7 +112,7 @@ def test_maps_cover_the_whole_photo_or_only_its_centre_crop(image_files) -> None
     assert mapped[:, :30].max() == 0 and mapped[:, 120:].max() == 0 and mapped[:, 30:120].min() == 1
     shown = explain.overlay_on_photo(crop, torch.ones(30, 30))
     torch.testing.assert_close(shown[:, :, :30], crop.pixels[:, :, :30] * 0.35)  # outside the crop: dimmed
-    assert any("centre crop (30, 0, 120, 90)" in line for line in explain.figure_header(crop, "cosine", 0, None, 0))
+    assert any("centre crop (30, 0, 120, 90)" in line for line in explain.figure_header(crop, []))
 
 
 def test_figure_header_gives_the_decision_score(checkpoint: Path, image_files, tmp_path: Path) -> None:
@@ -121,9 +121,11 @@ def test_figure_header_gives_the_decision_score(checkpoint: Path, image_files, t
     with torch.no_grad():
         z = model(torch.stack([photo.model_input, ref.model_input]))
     score = float(mean_similarity(z[:1], z[1:].unsqueeze(0), "cosine"))
-    header = explain.figure_header(photo, "cosine", 1, torch.tensor([score]), 0)
-    assert header[0] == "query.png (40 x 40)"
-    assert header[1] == f"decision score {score:.4f} = mean cosine similarity to 1 reference"
+    decision = explain.reference_decision(model, z[:1], [ref], "Albatross")
+    header = explain.figure_header(photo, decision.lines[0])
+    assert header[0] == "query.png (40 x 40, shown 6x)"  # 40 px: enlarged to >= 224 px for display
+    assert header[1] == f"decision score {score:.4f} = mean cosine similarity to the 1 support image of class 'Albatross'"
+    assert [label for label, _ in decision.reference_panels[0]] == ["support 1: ref.jpg"]
     written = explain.explain_files(model, [image_files[1]], ["fam"], tmp_path, [image_files[2]], image_size=40)
     assert written == [tmp_path / "query.png"] and (tmp_path / "query.png").stat().st_mode & 0o044  # not 0600
 

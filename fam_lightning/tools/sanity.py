@@ -50,15 +50,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, import_class, load_model, read_checkpoint
 from fam_lightning.report import atomic_write
+from fam_lightning.tools.common import Overrides, ToolParser, add_checkpoint_arguments, parse_tool_args
 
-DATA_OVERRIDES = ("data_dir", "root", "image_size")
+# deprecated flags -> the data module argument they set (--data.<argument> is the flag now)
+DATA_ALIASES = {"data_dir": "data_dir", "root": "root", "image_size": "image_size"}
 
 
 # -- rank correlation ---------------------------------------------------------------------
@@ -150,6 +152,8 @@ def memory_bank_decisions(model: Any, datamodule: Any, batches: int) -> Iterable
     """Validation images against the predicted class's neighbours in the bank, weighted by their votes."""
     if not hasattr(datamodule, "train_images"):
         raise TypeError(f"{type(datamodule).__name__} has no train_images(indices): the kNN neighbours' images")
+    if hasattr(model, "attach_datamodule"):  # bank labels (an imported MoCo: its bank) from the data, as in fit
+        model.attach_datamodule(datamodule)
     model.on_validation_epoch_start()  # the model's own kNN index over its bank
     loaders = datamodule.val_dataloader()
     loader = loaders[0] if isinstance(loaders, Sequence) else loaders
@@ -207,7 +211,7 @@ def collect_decisions(model: Any, datamodule: Any, batches: int) -> list[Decisio
         if hasattr(model, method):
             datamodule.setup("validate")
             with torch.no_grad():
-                return list(collect(model, datamodule, batches))
+                return list(progress(collect(model, datamodule, batches), "collecting decisions", total=batches))
     known = ", ".join(f"{family} ({method})" for family, (method, _) in FAMILIES.items())
     raise TypeError(f"{type(model).__name__} is none of the families the sanity check knows: {known}")
 
@@ -255,58 +259,60 @@ def correlation_rows(
     return rows
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The sanity check's rows (layer / step, explainer, Spearman statistics)."""
+def run(args: argparse.Namespace, overrides: Overrides | None = None) -> list[dict[str, Any]]:
+    """The sanity check's rows (layer / step, explainer, Spearman statistics).
+
+    ``overrides``: ``--config`` / ``--data.*`` / ``--model.*`` (default: ``args.model_class`` / ``args.data_class``).
+    """
+    if overrides is None:
+        overrides = Overrides(model_class=args.model_class, data_class=args.data_class)
     torch.manual_seed(args.seed)
-    model = load_model(args.ckpt_path, args.model_class, args.device)
-    datamodule = build_datamodule(read_checkpoint(args.ckpt_path), args.data_class, data_overrides(args))
+    model = load_model(args.ckpt_path, overrides.model_class, args.device, overrides.model)
+    checkpoint = read_checkpoint(args.ckpt_path)
+    datamodule = build_datamodule(checkpoint, overrides.data_class, data_overrides(checkpoint, overrides))
     decisions = collect_decisions(model, datamodule, args.batches)
     explainers = {name: EXPLAINERS[name](model) for name in args.explainers}
-    originals = [explain_decisions(model, d, explainers, reembed=False) for d in decisions]
+    originals = [explain_decisions(model, d, explainers, reembed=False)
+                 for d in progress(decisions, "explaining the trained model")]
 
     if args.mode == "data":
-        shuffled = load_model(args.shuffled_ckpt_path, args.model_class, args.device)
+        shuffled = load_model(args.shuffled_ckpt_path, overrides.model_class, args.device, overrides.model)
         if type(shuffled) is not type(model):
             raise ValueError(
                 f"--shuffled_ckpt_path holds a {type(shuffled).__name__}, the trained checkpoint a "
                 f"{type(model).__name__}: the data randomisation test compares one architecture"
             )
         others = {name: EXPLAINERS[name](shuffled) for name in args.explainers}
-        maps = [explain_decisions(shuffled, d, others, reembed=True) for d in decisions]
+        maps = [explain_decisions(shuffled, d, others, reembed=True)
+                for d in progress(decisions, "explaining the shuffled-label model")]
         return correlation_rows("shuffled labels", originals, maps)
 
     rows = []
-    for name, module in randomisation_order(model):
+    steps = progress(randomisation_order(model), "randomising layers", unit="layer")
+    for name, module in steps:
+        steps.set_postfix_str(name, refresh=False)
         module.reset_parameters()  # cumulative: every earlier (higher) layer stays random
         maps = [explain_decisions(model, d, explainers, reembed=True) for d in decisions]
         rows += correlation_rows(name, originals, maps)
     return rows
 
 
-def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Data module arguments from ``--config``'s ``data`` section and the data flags; single-process loading."""
-    config: dict[str, Any] = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config not found: {path}")
-        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
-        config = dict(data.get("init_args", data if "class_path" not in data else {}) or {})
-        if args.data_class is None and "class_path" in data:
-            args.data_class = data["class_path"]
-    for key in DATA_OVERRIDES:
-        if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
-    config["num_workers"] = 0
-    if "episodes_per_batch" in datamodule_signature(args):
+def progress(items: Iterable[Any], what: str, unit: str = "batch", total: int | None = None) -> tqdm:
+    """A progress bar on stderr over ``items`` (the steps of a run that can take minutes)."""
+    return tqdm(items, desc=what, unit=unit, total=total, dynamic_ncols=True, leave=False, file=sys.stderr)
+
+
+def data_overrides(checkpoint: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """Data module arguments from ``--config`` / ``--data.*``; single-process loading, one episode per batch."""
+    config = {**overrides.data, "num_workers": 0}
+    if "episodes_per_batch" in datamodule_signature(checkpoint, overrides.data_class):
         config["episodes_per_batch"] = 1  # decisions are explained one episode at a time
     return config
 
 
-def datamodule_signature(args: argparse.Namespace) -> set[str]:
+def datamodule_signature(checkpoint: dict[str, Any], data_class: str | None) -> set[str]:
     """Argument names of the data module the sanity check will build."""
-    stored = (read_checkpoint(args.ckpt_path).get("datamodule_hyper_parameters") or {}).get("_class_path")
-    dotted = args.data_class or stored
+    dotted = data_class or (checkpoint.get("datamodule_hyper_parameters") or {}).get("_class_path")
     if dotted is None:
         return set()
     return set(inspect.signature(import_class(dotted)).parameters)
@@ -333,8 +339,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fam-sanity", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by fam-train / train.py")
+    parser = ToolParser(prog="fam-sanity", description=__doc__.splitlines()[0])
+    add_checkpoint_arguments(parser)
     parser.add_argument("--mode", choices=("model", "data"), default="model",
                         help="model: cascading randomisation of the weights; data: a shuffled-label model")
     parser.add_argument("--shuffled_ckpt_path", default=None,
@@ -343,13 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: all ten")
     parser.add_argument("--batches", "--episodes", dest="batches", type=int, default=5,
                         help="validation batches (few-shot: episodes) whose decisions are explained")
-    parser.add_argument("--config", default=None, help="LightningCLI YAML whose `data` section overrides the "
-                        "checkpoint's data module arguments")
-    parser.add_argument("--data_dir", default=None, help="where the synthetic data lives")
-    parser.add_argument("--root", default=None, help="real data folder (CUB-200-2011 / ImageNet layout)")
-    parser.add_argument("--image_size", type=int, default=None)
-    parser.add_argument("--model_class", default=None, help="override the checkpoint's model class (dotted path)")
-    parser.add_argument("--data_class", default=None, help="override the checkpoint's data module class")
+    parser.add_argument("--data_dir", default=None, help="deprecated: --data.data_dir")
+    parser.add_argument("--root", default=None, help="deprecated: --data.root")
+    parser.add_argument("--image_size", type=int, default=None, help="deprecated: --data.image_size")
+    parser.add_argument("--data_class", default=None, help="the data module class (dotted path), overriding the "
+                        "checkpoint's and the config's (also --data.class_path)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the re-initialisation")
     parser.add_argument("--out", default=None, help="CSV file for the per-layer results")
@@ -358,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args, overrides = parse_tool_args(parser, sys.argv[1:] if argv is None else argv, DATA_ALIASES)
+    overrides.data_class = args.data_class or overrides.data_class
     if args.batches < 1:
         parser.error(f"--batches must be >= 1, got {args.batches}")
     if args.mode == "data" and not args.shuffled_ckpt_path:
@@ -366,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in (args.ckpt_path, args.shuffled_ckpt_path):
         if path is not None and not Path(path).is_file():
             parser.error(f"checkpoint not found: {path}")
+    if args.out and Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a folder; expected a CSV file path")
     try:
-        rows = run(args)
+        rows = run(args, overrides)
     except (FileNotFoundError, ValueError, TypeError) as err:
         parser.error(str(err))
     what = "a shuffled-label model" if args.mode == "data" else "cascading randomisation (top layer first)"
