@@ -31,9 +31,9 @@ def test_npid_checkpoint_gives_the_source_embeddings_and_knn_predictions(
     torch.manual_seed(1)
     train, queries = torch.randn(40, 3, 64, 64), torch.randn(6, 3, 64, 64)
     memory, labels = embed(source, train), torch.arange(40) % 4
-    # rows training never updated keep lemniscate's uniform initialisation (not unit): scored raw, as test.kNN
-    stdv = 1.0 / math.sqrt(DIM / 3)
-    memory[::3] = torch.rand(len(memory[::3]), DIM).mul_(2 * stdv).add_(-stdv) * 1.5
+    # rows of norm != 1 (as rows training never updated, still lemniscate's uniform initialisation, are)
+    # are scored raw, as test.kNN scores them
+    memory[::3] *= 1.3
     path = tmp_path / "checkpoint.pth.tar"
     write_lemniscate_checkpoint(path, source, memory, monkeypatch, legacy=legacy)
 
@@ -45,11 +45,15 @@ def test_npid_checkpoint_gives_the_source_embeddings_and_knn_predictions(
     model.bank.set_labels(labels)
     model._build_index()
     with torch.no_grad():
-        scores, _, _ = model.knn(model.embed(model.forward_features(queries)))
+        scores, rows, _ = model.knn(model.embed(model.forward_features(queries)))
     expected = lemniscate_knn(embed(source, queries), memory, labels, k=10, t=0.07, classes=4)
     assert torch.equal(scores.argmax(1), expected)
-    cosine = lemniscate_knn(embed(source, queries), F.normalize(memory, dim=1), labels, k=10, t=0.07, classes=4)
-    assert not torch.equal(cosine, expected)  # the raw rows matter here: normalising them changes predictions
+    similarity = embed(source, queries) @ memory.t()  # test.kNN's neighbours and votes
+    assert torch.equal(rows, similarity.topk(10, dim=1).indices)
+    votes = torch.zeros(6, 4).scatter_add_(1, labels[rows], (similarity.gather(1, rows) / 0.07).exp())
+    torch.testing.assert_close(scores / scores.sum(1, keepdim=True), votes / votes.sum(1, keepdim=True))
+    cosine = embed(source, queries) @ F.normalize(memory, dim=1).t()
+    assert not torch.equal(cosine.topk(10, dim=1).indices, rows)  # normalising the rows would change neighbours
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
