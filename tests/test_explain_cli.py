@@ -122,7 +122,7 @@ def test_figure_header_gives_the_decision_score(checkpoint: Path, image_files, t
         z = model(torch.stack([photo.model_input, ref.model_input]))
     score = float(mean_similarity(z[:1], z[1:].unsqueeze(0), "cosine"))
     decision = explain.reference_decision(model, z[:1], [ref], "Albatross")
-    header = explain.figure_header(photo, decision.lines[0])
+    header = explain.figure_header(photo, decision.lines[0], photo.display_scale())
     assert header[0] == "query.png (40 x 40, shown 6x)"  # 40 px: enlarged to >= 224 px for display
     assert header[1] == f"decision score {score:.4f} = mean cosine similarity to the 1 support image of class 'Albatross'"
     assert [label for label, _ in decision.reference_panels[0]] == ["support 1: ref.jpg"]

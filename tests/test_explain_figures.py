@@ -161,9 +161,10 @@ def test_small_photos_are_enlarged_by_a_whole_factor_and_the_figure_has_a_colour
     photos: dict[str, Path]
 ) -> None:
     small = explain.read_photo(photos["small"], 32)
-    assert small.display_scale == 7  # 32 px -> 224 px
-    assert explain.read_photo(photos["wide"], 32).display_scale == 2  # 100 px high, but 400 px wide: <= 1024
-    assert explain.read_photo(photos["large"], 32).display_scale == 1
+    assert small.display_scale() == 7  # 32 px -> 224 px
+    wide = explain.read_photo(photos["wide"], 32)
+    assert wide.display_scale() == 2 and wide.display_scale(640) == 1  # 100 px high, but 400 px wide: <= 1024
+    assert explain.read_photo(photos["large"], 32).display_scale() == 1
     shown = small.for_display()
     assert shown.pixels.shape == (3, 224, 224) and shown.crop == (0, 0, 224, 224)
     torch.testing.assert_close(shown.pixels[:, ::7, ::7], small.pixels)

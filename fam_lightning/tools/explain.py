@@ -78,7 +78,8 @@ DECISIONS = ("auto", "references", "model", "none")
 MAX_COLUMNS = 4
 GAP = 8  # pixels between panels
 MIN_DISPLAY_SIDE = 224  # photos with a shorter side are shown enlarged by a whole factor ...
-MAX_DISPLAY_SIDE = 1024  # ... that keeps the longer side within this
+MAX_DISPLAY_SIDE = 1024  # ... that keeps the longer side within this ...
+MAX_FIGURE_WIDTH = 2560  # ... and a row of panels within this
 MAX_REFERENCES_SHOWN = 4
 WARNING_COLOUR = (190, 0, 0)
 COLOUR_BAR_LABEL = "map value (each map scaled to [0, 1]):  0"
@@ -105,15 +106,15 @@ class Photo:
     def cropped(self) -> bool:
         return self.crop != (0, 0, self.pixels.shape[2], self.pixels.shape[1])
 
-    @property
-    def display_scale(self) -> int:
-        """The whole factor the figure enlarges the photo by: 1, or enough for a 224 px shorter side (longer <= 1024)."""
+    def display_scale(self, max_long: int = MAX_DISPLAY_SIDE) -> int:
+        """The whole factor the figure enlarges the photo by: 1, or enough for a 224 px shorter side
+        while the longer side stays within ``max_long``."""
         short, long = sorted(self.pixels.shape[1:])
-        return max(1, min(math.ceil(MIN_DISPLAY_SIDE / max(1, short)), MAX_DISPLAY_SIDE // max(1, long)))
+        return max(1, min(math.ceil(MIN_DISPLAY_SIDE / max(1, short)), max_long // max(1, long)))
 
-    def for_display(self) -> Photo:
-        """The photo enlarged by :attr:`display_scale` (nearest neighbour), crop scaled with it."""
-        k = self.display_scale
+    def for_display(self, max_long: int = MAX_DISPLAY_SIDE) -> Photo:
+        """The photo enlarged by :meth:`display_scale` (nearest neighbour), crop scaled with it."""
+        k = self.display_scale(max_long)
         if k == 1:
             return self
         pixels = self.pixels.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)
@@ -235,7 +236,7 @@ def compose_figure(
         x = GAP
         for label, pixels in shown_refs:
             figure.paste(_to_pil(pixels), (x, y + line))
-            draw.text((x, y + line + pixels.shape[1] + 2), _fit(label, font, max(pixels.shape[2], 1) + GAP),
+            draw.text((x, y + line + pixels.shape[1] + 2), _fit(label, font, max(pixels.shape[2] - GAP // 2, 8)),
                       fill="black", font=font)
             x += pixels.shape[2] + GAP
     if colour_bar:
@@ -491,10 +492,9 @@ def look_warnings(photo: Photo, model_size: int, geometry: tuple[int, int] | Non
     return out
 
 
-def figure_header(photo: Photo, decision_lines: Sequence[str]) -> list[str]:
-    """The lines above a figure: file (and display scale), the decision, what part of the photo the model saw."""
+def figure_header(photo: Photo, decision_lines: Sequence[str], scale: int = 1) -> list[str]:
+    """The lines above a figure: file (and display ``scale``), the decision, what part of the photo the model saw."""
     height, width = photo.pixels.shape[1:]
-    scale = photo.display_scale
     shown = f", shown {scale}x" if scale > 1 else ""
     lines = [f"{photo.path.name} ({width} x {height}{shown})", *decision_lines]
     if photo.cropped:
@@ -550,13 +550,14 @@ def explain_files(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i, (photo, stem) in enumerate(zip(photos, output_names(image_paths))):
-        shown = photo.for_display()
+        max_long = min(MAX_DISPLAY_SIDE, MAX_FIGURE_WIDTH // min(1 + len(maps), MAX_COLUMNS))
+        shown = photo.for_display(max_long)
         panels = [("image", shown.pixels)] + [(name, overlay_on_photo(shown, maps[name][i], alpha)) for name in maps]
         warnings = look_warnings(photo, image_size, geometry)
         for warning in warnings:
             print(f"{photo.path}: {warning}", file=sys.stderr)
         references = chosen.reference_panels[i] if chosen.reference_panels else []
-        header = figure_header(photo, chosen.lines[i])
+        header = figure_header(photo, chosen.lines[i], photo.display_scale(max_long))
         target = out / f"{stem}.png"
         save_png(compose_figure(panels, header, references, warnings), target)
         written.append(target)
