@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ class EvolutionRecord:
     def write(self, folder: Path, experiment: Any, step: int, explainers: list[str], untrained: dict[str, float],
               alpha: float = 0.5) -> list[Path]:
         """Filmstrips and the energy plot as PNGs under ``folder`` and, with ``experiment`` (a SummaryWriter), to TensorBoard."""
-        from fam_lightning.plots import energy_evolution_figure, figure_array, save_figure
+        from PIL import Image
+
         from fam_lightning.report import atomic_write
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -116,8 +118,6 @@ class EvolutionRecord:
         for probe, strip in enumerate(self.filmstrips(alpha)):
             path = folder / f"filmstrip_probe{probe}.png"
             pixels = (strip.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            from PIL import Image
-
             atomic_write(path, lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="png"))
             written.append(path)
             if experiment is not None:
@@ -128,6 +128,11 @@ class EvolutionRecord:
             atomic_write(steps_file, lambda tmp: tmp.write_text(text))
             written.append(steps_file)
         steps, series, uniform = self.energy_series(explainers)
+        try:  # a dependency since issue 19; an older environment still gets its filmstrips
+            from fam_lightning.plots import energy_evolution_figure, figure_array, save_figure
+        except ImportError as err:
+            warnings.warn(f"FAMCallback: no energy plot at the end of fit ({err}); pip install matplotlib")
+            return written
         if steps:
             lines = {name: untrained[f"val/{name}_energy_untrained"] for name in explainers
                      if f"val/{name}_energy_untrained" in untrained}
