@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from fam_lightning.reliability import mix_seed
 
@@ -222,8 +222,8 @@ def fit_progress(trainer: Any, items_per_batch: int = 1, all_ranks: bool = True)
     a (resumed) fit before it calls ``set_epoch``, so samplers read the epoch
     here instead. Restarted from a mid-epoch checkpoint (the epoch was started
     but not processed), the second value is what to skip: batches run x items
-    per batch (x world size with ``all_ranks``, for samplers that Lightning
-    splits across ranks); otherwise 0. ``(0, 0)`` without a trainer.
+    per batch (x world size with ``all_ranks``, for samplers whose keys cover
+    all ranks, as :class:`EpochSeededSampler`'s); otherwise 0. ``(0, 0)`` without a trainer.
     """
     if trainer is None:
         return 0, 0
@@ -236,7 +236,14 @@ def fit_progress(trainer: Any, items_per_batch: int = 1, all_ranks: bool = True)
     return epoch, done * items_per_batch * (max(1, int(trainer.world_size)) if all_ranks else 1)
 
 
-class EpochSeededSampler(Sampler[tuple[int, int]]):
+def _process_group() -> tuple[int, int]:
+    """``(world size, rank)`` of the initialised process group, ``(1, 0)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class EpochSeededSampler(DistributedSampler):
     """Yields ``(index, item_seed)`` keys, a fixed function of ``(seed, epoch)``: the resumable training order.
 
     Data sets that accept such keys draw every random choice of the item
@@ -251,11 +258,18 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         progress: Returns ``(epoch, items to skip)`` when iteration starts, e.g.
             from :func:`fit_progress`; None uses ``set_epoch`` and skips nothing.
 
-    Under DDP Lightning wraps this sampler in a ``DistributedSamplerWrapper``,
-    which splits the keys of the epoch across ranks.
+    Under DDP it splits the keys of the epoch across ranks itself, as
+    ``DistributedSampler`` without shuffling does (padded to a multiple of the
+    world size by repeating the first keys; rank ``r`` takes every
+    ``world``-th key from ``r``), reading the process group when iteration
+    starts. It is a ``DistributedSampler`` so that Lightning does not wrap it:
+    Lightning's ``DistributedSamplerWrapper`` shuffles with its own epoch
+    counter, which a resumed fit sets only after it has built the first
+    iterator, so the first resumed epoch gave each rank other keys than the
+    uninterrupted run (``tests/test_multinode.py``).
     """
 
-    def __init__(
+    def __init__(  # noqa: D107 (DistributedSampler.__init__ is not called: it needs a data set and a group)
         self,
         length: int,
         seed: int = 0,
@@ -274,7 +288,8 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.length
+        world, _ = _process_group()
+        return -(-self.length // world)  # keys of this rank
 
     def keys(self, epoch: int) -> list[tuple[int, int]]:
         """All ``(index, item_seed)`` keys of ``epoch``, in order."""
@@ -287,4 +302,10 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, skip = self.progress() if self.progress is not None else (self.epoch, 0)
-        return iter(self.keys(epoch)[skip:])
+        keys = self.keys(epoch)
+        world, rank = _process_group()
+        if world == 1:
+            return iter(keys[skip:])
+        total = len(self) * world
+        padded = (keys * (-(-total // len(keys))))[:total]  # DistributedSampler's padding
+        return iter(padded[skip + rank :: world])  # skip counts the keys of all ranks
