@@ -147,7 +147,7 @@ def test_reference_wording_says_whose_decision_it_is(npid: Path, photos: dict[st
 
 def test_photos_unlike_the_training_data_are_warned_about(photos: dict[str, Path]) -> None:
     trained = explain.training_geometry({"root": None, "synthetic_image_size": 96})
-    assert trained == (96, 96) and explain.training_geometry({"root": "/data/CUB"}) is None
+    assert trained == (96, 96) and explain.training_geometry({"root": "/no/such/CUB"}) is None
     wide = explain.look_warnings(explain.read_photo(photos["wide"], 84), 84, trained)
     assert len(wide) == 1 and "shape (400 x 100, aspect 4.00) is unlike the training images' (96 x 96)" in wide[0]
     large = explain.look_warnings(explain.read_photo(photos["large"], 84), 84, trained)
@@ -174,3 +174,16 @@ def test_small_photos_are_enlarged_by_a_whole_factor_and_the_figure_has_a_colour
         colour = (jet(torch.tensor([[end]]))[0, :, 0, 0] * 255).round().int().numpy()
         assert (np.abs(bottom - colour).max(1) <= 1).any()
     assert (np.abs(figure.reshape(-1, 3).astype(int) - explain.WARNING_COLOUR).max(1) == 0).any()  # the red warning
+
+
+def test_the_size_of_a_real_data_sets_images_is_read_from_a_sample_of_headers(tmp_path: Path) -> None:
+    from tests.datamodules.test_cub import _write_tiny_cub
+
+    cub = _write_tiny_cub(tmp_path / "cub")  # 60 x 40 images (one 200 x 100)
+    assert explain.training_geometry({"root": str(cub)}) == (60, 40)
+    imagenet = tmp_path / "imagenet" / "train"
+    for wnid in ("n01", "n02"):
+        (imagenet / wnid).mkdir(parents=True)
+        for k in range(3):
+            Image.new("RGB", (500, 375)).save(imagenet / wnid / f"{wnid}_{k}.JPEG")
+    assert explain.training_geometry({"root": str(imagenet.parent)}) == (500, 375)

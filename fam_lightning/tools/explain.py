@@ -458,12 +458,50 @@ def make_decision(
 
 
 # -- does the photo look like the training data? ---------------------------------------------------
+GEOMETRY_SAMPLE = 16  # image headers read to learn the size of a real data set's images
+
+
 def training_geometry(data_arguments: dict[str, Any]) -> tuple[int, int] | None:
-    """(width, height) of the checkpoint's training images where the arguments say it (the synthetic data)."""
-    if data_arguments.get("root") is None and data_arguments.get("synthetic_image_size"):
-        side = int(data_arguments["synthetic_image_size"])
-        return side, side
-    return None
+    """(width, height) of the checkpoint's training images, typical (median) ones; None if unknown.
+
+    The synthetic data sets say it in their arguments; for a real ``root`` (CUB or ImageNet layout) the
+    headers of up to 16 of its images are read (nothing decoded); a folder that is not there gives None.
+    """
+    root = data_arguments.get("root")
+    if root is None:
+        side = data_arguments.get("synthetic_image_size")
+        return (int(side), int(side)) if side else None
+    paths = _sample_images(Path(root))
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except (OSError, SyntaxError):
+            continue
+    if not sizes:
+        return None
+    widths, heights = sorted(w for w, _ in sizes), sorted(h for _, h in sizes)
+    return widths[len(widths) // 2], heights[len(heights) // 2]
+
+
+def _sample_images(root: Path) -> list[Path]:
+    """Up to :data:`GEOMETRY_SAMPLE` image files of a CUB-layout (images.txt) or ImageNet-layout (train/) root."""
+    listing = root / "images.txt"
+    if listing.is_file():
+        lines = [line.split(maxsplit=1) for line in listing.read_text(encoding="utf-8-sig").splitlines()]
+        paths = [root / "images" / fields[1].strip() for fields in lines if len(fields) == 2]
+        step = max(1, len(paths) // GEOMETRY_SAMPLE)
+        return paths[::step][:GEOMETRY_SAMPLE]
+    train = root / "train"
+    if not train.is_dir():
+        return []
+    found: list[Path] = []
+    for folder in sorted(p for p in train.iterdir() if p.is_dir()):
+        found += sorted(p for p in folder.iterdir() if p.is_file())[:2]
+        if len(found) >= GEOMETRY_SAMPLE:
+            break
+    return found[:GEOMETRY_SAMPLE]
 
 
 def look_warnings(photo: Photo, model_size: int, geometry: tuple[int, int] | None) -> list[str]:
