@@ -210,9 +210,12 @@ def test_evaluate_shows_the_progress_bar_and_keeps_a_same_family_table(
     monkeypatch.setattr(evaluate, "FAMLightningCLI", capture)
     table = tmp_path / "fewshot"
     _write_table(table.with_suffix(".csv"), FEWSHOT_COLUMNS)
+    config = str(REPO / "configs/quickstart.yaml")
     with pytest.raises(_NoTest):
         evaluate.main(["--ckpt_path", str(checkpoint), "--name", "Conv4", "--table", str(table),
-                       "--trainer.max_epochs", "1"])
+                       "--trainer.max_epochs", "1", "--config", config, "--data.root", "/data/CUB"])
     args = seen["args"]
-    assert args.index("--trainer.enable_progress_bar=true") < args.index("--trainer.max_epochs")
+    # the checkpoint's model and data first, then the config, the progress bar, and the user's overrides
+    assert args[0] == "--model" and args[2] == "--data" and args[4:6] == ["--config", config]
+    assert args[6:] == ["--trainer.enable_progress_bar=true", "--trainer.max_epochs", "1", "--data.root", "/data/CUB"]
     assert seen["parser_kwargs"] == {"allow_abbrev": False}
