@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -55,7 +57,9 @@ from fam_lightning.metrics import (
     deletion_insertion_auc,
 )
 from fam_lightning.protocol import ExplanationInputs, check_similarity_model
+from fam_lightning.runs import logging_step_of_trainer as logging_step
 from fam_lightning.similarity import mean_similarity
+from fam_lightning.callbacks.evolution import EvolutionRecord
 from fam_lightning.visualize import (
     GREEN,
     IMAGENET_MEAN,
@@ -66,6 +70,7 @@ from fam_lightning.visualize import (
     denormalize,
     draw_boxes,
     draw_text,
+    fit_width,
     overlay,
     resize_longer_side,
     tile_rows,
@@ -165,6 +170,8 @@ class FAMCallback(L.Callback):
         # during the step-0 pass: energy of every decision, right or wrong (the class-agnostic baseline)
         self._untrained_energy: nn.ModuleDict | None = None
         self._initial_done = False
+        self._stage_of_grid = "val"
+        self.evolution = EvolutionRecord()  # probe maps and energies per validation, drawn at the end of fit
 
     # -- lifecycle ----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -175,6 +182,10 @@ class FAMCallback(L.Callback):
                 "(fam_lightning.protocol.ExplainsDecisions)"
             )
         self._explainers = {name: EXPLAINERS[name](pl_module) for name in self.explainer_names}
+        if stage == "fit" and trainer.global_rank == 0:
+            logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+            if logger is not None:
+                logger.experiment.add_custom_scalars(scalars_layout(self.explainer_names, self.compute_faithfulness))
 
     def state_dict(self) -> dict[str, Any]:
         return {"untrained": dict(self.untrained), "initial_done": self._initial_done}
@@ -223,7 +234,9 @@ class FAMCallback(L.Callback):
         if trainer.sanity_checking:
             return
         if self._metrics_active:
-            for tag, value in self._metric_values("val").items():
+            values = self._metric_values("val")
+            self.evolution.record_energies(logging_step(trainer), values)
+            for tag, value in values.items():
                 pl_module.log(tag, value, sync_dist=True)  # already reduced by torchmetrics; marks it so under DDP
         for tag, value in self.untrained.items():  # the flat reference line
             pl_module.log(tag, value, sync_dist=True)
@@ -263,6 +276,7 @@ class FAMCallback(L.Callback):
                             outputs = pl_module.validation_step(*args)
                         self._update(pl_module, outputs, batch_idx)
                 values = self._metric_values("val")  # a collective under DDP: every rank gets here
+                self.evolution.record_energies(0, values)
                 self.untrained = self._untrained_values()
                 for logger in trainer.loggers:  # rank-zero-only loggers
                     logger.log_metrics({**{k: float(v) for k, v in values.items()}, **self.untrained}, step=0)
@@ -426,8 +440,21 @@ class FAMCallback(L.Callback):
         if logger is None:
             rank_zero_warn("FAMCallback: no TensorBoardLogger attached; probe heatmaps are not logged")
             return
+        self._stage_of_grid = stage
         grid = self.probe_grid(trainer, pl_module, stage)
-        logger.experiment.add_image(f"{stage}/fam_probe", grid, global_step=trainer.global_step)
+        logger.experiment.add_image(f"{stage}/fam_probe", grid, global_step=logging_step(trainer))
+        if stage == "val" and trainer.state.fn == "fit":  # the filmstrip drawn at the end of fit
+            inputs, maps, scores = self._last_probe
+            self.evolution.record_probes(
+                logging_step(trainer), inputs.images, inputs.boxes, maps[0], scores, inputs.correct, inputs.labels,
+                inputs.predictions, _normalization(trainer), self.tile_size, class_names(trainer, "val"),
+            )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if trainer.global_rank == 0 and logger is not None:  # evolution at a glance: run folder + TensorBoard
+            self.evolution.write(Path(logger.log_dir) / "fam_evolution", logger.experiment, trainer.global_step,
+                                 self.explainer_names, self.untrained, self.overlay_alpha)
 
     def probe_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str = "val") -> Tensor:
         """(3, H', W') CPU grid in [0, 1], one probe decision per column, wider than tall.
@@ -464,6 +491,7 @@ class FAMCallback(L.Callback):
         finally:
             for module, training in modes.items():
                 module.training = training
+        self._last_probe = (inputs, maps, scores)
         return self._render_grid(trainer, inputs, maps, reference_maps, scores)
 
     def _render_grid(
@@ -502,25 +530,42 @@ class FAMCallback(L.Callback):
         top, left = 3 * font + 4 * padding, font + 2 * padding  # header: 3 lines; left: row names
         canvas = tile_rows(tiles, padding=padding, top=top, left=left)
         labels = _labels(inputs)
+        votes = _vote_weights(inputs)
         numbers = torch.stack([labels[0], labels[1], scores.float(), inputs.correct.float()]).float()
-        host = torch.cat([canvas.flatten(), numbers.flatten()]).cpu()  # the one sync of the grid
-        canvas, numbers = host[: canvas.numel()].view_as(canvas), host[canvas.numel():].view(4, -1)
+        host = torch.cat([canvas.flatten(), numbers.flatten(), votes.flatten()]).cpu()  # the one sync of the grid
+        canvas, rest = host[: canvas.numel()].view_as(canvas), host[canvas.numel():]
+        numbers, votes = rest[: numbers.numel()].view(4, -1), rest[numbers.numel():].view_as(votes)
         true, predicted, similarity, correct = (row.tolist() for row in numbers)
+        names_of = class_names(trainer, self._stage_of_grid)
+        tile_width = images.shape[-1]
         step, height = images.shape[-1] + padding, images.shape[-2]
         black = (0.0, 0.0, 0.0)
         texts = []
         for column in range(len(similarity)):
             x, verdict = left + padding + column * step, GREEN_TEXT if correct[column] else RED
             lines = (
-                [(f"true {true[column]:.0f}", black), (f"pred {predicted[column]:.0f}", verdict)]
+                [(f"true {_name(names_of, true[column])}", black), (f"pred {_name(names_of, predicted[column])}", verdict)]
                 if labels[2] else [("right" if correct[column] else "wrong", verdict)]
             )
             lines.append((f"sim {similarity[column]:.3f}".replace("0.", ".", 1), black))
-            texts += [(x, padding + i * (font + padding), text, color) for i, (text, color) in enumerate(lines)]
+            for i, (text, color) in enumerate(lines):
+                # class names are long: a smaller font where the text would not fit the tile
+                size_i = font if fit_width(text, tile_width, font) == text else max(8, font * 3 // 5)
+                y = padding + i * (font + padding) + (font - size_i) // 2
+                texts.append((x, y, fit_width(text, tile_width, size_i), color, None, size_i))
         row_names = [
             (padding, top + padding + row * (height + padding) + height // 2, name, black)
             for row, name in enumerate(names)
         ]
+        if votes.numel():  # kNN decisions: each reference's share of the vote, inside its tile
+            first = names.index("reference 1") if "reference 1" in names else names.index("reference")
+            rows_of = [first + r + (1 if r > 0 and "its map" in names else 0) for r in range(votes.shape[1])]
+            small = max(8, font * 3 // 5)
+            for column in range(votes.shape[0]):
+                x = left + padding + column * step + padding
+                for r, row in enumerate(rows_of):
+                    y = top + padding + row * (height + padding) + height - small - 2 * padding
+                    texts.append((x, y, f"vote {votes[column, r]:.2f}".replace("0.", ".", 1), WHITE, black, small))
         return draw_text(
             canvas, texts, font_size=font, vertical=row_names, vertical_font_size=font,
             vertical_max_length=height - padding,
@@ -639,3 +684,60 @@ def _normalization(trainer: L.Trainer) -> tuple[tuple[float, ...], tuple[float, 
     mean = tuple(getattr(datamodule, "mean", IMAGENET_MEAN))
     std = tuple(getattr(datamodule, "std", IMAGENET_STD))
     return mean, std
+
+
+WHITE = (1.0, 1.0, 1.0)
+
+
+def _vote_weights(inputs: ExplanationInputs) -> Tensor:
+    """(B, R) share of each shown reference in the predicted class's kNN vote, or an empty tensor."""
+    weights = inputs.reference_weights
+    if weights is None or inputs.reference_images is None or inputs.reference_images.dim() != 5:
+        return inputs.images.new_zeros(0, 0)
+    shown = inputs.reference_images.shape[1]
+    weights = weights.float()
+    shares = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+    # the shown references are the strongest voters, strongest first (MemoryBankModel.explanation_inputs)
+    return shares.sort(dim=1, descending=True).values[:, :shown]
+
+
+def _name(names: list[str] | None, label: float) -> str:
+    index = int(round(label))
+    return names[index] if names is not None and 0 <= index < len(names) else f"{index}"
+
+
+def class_names(trainer: L.Trainer, stage: str = "val") -> list[str] | None:
+    """Display names of the classes the ``stage`` loader's labels index, if its data set has them.
+
+    Looks for ``classes`` / ``class_names`` (a list of strings) on the loader's data set and the data
+    sets it wraps (an episode data set over a CUB split, a subset ...).
+    """
+    loaders = getattr(trainer, "val_dataloaders" if stage == "val" else "test_dataloaders", None)
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    dataset, seen = getattr(loader, "dataset", None), 0
+    while dataset is not None and seen < 4:
+        for attribute in ("class_names", "classes"):  # display names before ids (ImageNet: wnids)
+            names = getattr(dataset, attribute, None)
+            if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+                return list(names)
+        dataset, seen = getattr(dataset, "dataset", None), seen + 1
+    return None
+
+
+def scalars_layout(explainers: list[str], faithfulness: bool) -> dict[str, dict[str, list]]:
+    """TensorBoard custom-scalars layout: each explainer's energy on one chart with its two baselines."""
+    def exact(*tags: str) -> list[str]:
+        return [f"^{re.escape(tag)}$" for tag in tags]
+
+    energy = {
+        f"{name} energy vs uniform map and untrained model": ["Multiline", exact(
+            f"val/{name}_energy_pointing_game", f"val/{name}_energy_uniform_baseline", f"val/{name}_energy_untrained")]
+        for name in explainers
+    }
+    quality = {"accuracy (few-shot / kNN / retrieval)": ["Multiline", exact(
+        "val/acc", "val/knn_top1", "val/knn_top5", "val/recall@1", "val/map@r")]}
+    more = {f"{name} IoU": ["Multiline", exact(f"val/{name}_iou")] for name in explainers}
+    if faithfulness:
+        more.update({f"{name} Average Drop / Increase in Confidence": ["Multiline", exact(
+            f"val/{name}_average_drop", f"val/{name}_increase_in_confidence")] for name in explainers})
+    return {"1. FAM energy and its baselines": energy, "2. Decisions": quality, "3. Localisation and faithfulness": more}

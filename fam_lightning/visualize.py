@@ -116,8 +116,12 @@ def draw_text(
     pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
     canvas = Image.fromarray(pixels.numpy())
     draw = ImageDraw.Draw(canvas)
-    for x, y, text, color in texts:
-        draw.text((x, y), text, fill=_rgb(color), font=font, stroke_width=stroke, stroke_fill=_rgb(color))
+    for x, y, text, color, *extra in texts:  # optional: an outline colour (None: none), a font size
+        outline = extra[0] if extra else None
+        item_font, item_stroke = (_font(extra[1]), extra[1] // 24) if len(extra) > 1 else (font, stroke)
+        draw.text((x, y), text, fill=_rgb(color), font=item_font,
+                  stroke_width=max(item_stroke, 1 if outline is not None else 0),
+                  stroke_fill=_rgb(outline) if outline is not None else _rgb(color))
     for x, y_centre, text, color in vertical:
         size = vertical_font_size or font_size
         font = _font(size)
@@ -131,6 +135,18 @@ def draw_text(
     return torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(*pixels.shape).permute(2, 0, 1) / 255.0
 
 
+def fit_width(text: str, width: int, font_size: int) -> str:
+    """``text``, cut with an ellipsis so that it is at most ``width`` pixels wide in :func:`draw_text`'s font."""
+    from PIL import Image, ImageDraw
+
+    font, draw = _font(font_size), ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while len(text) > 1 and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def _font(size: int) -> Any:
     from PIL import ImageFont
 
@@ -142,3 +158,42 @@ def _font(size: int) -> Any:
 
 def _rgb(color: Sequence[float]) -> tuple[int, ...]:
     return tuple(round(255 * c) for c in color)
+
+
+def filmstrip(
+    image: Tensor,
+    maps: Tensor,
+    correct: Sequence[bool],
+    captions: Sequence[Sequence[tuple[str, Sequence[float]]]],
+    alpha: float = 0.5,
+) -> Tensor:
+    """One probe's maps over training, side by side: (3, S, S) image and (T, S, S) maps -> (3, H, W) in [0, 1].
+
+    Column 0 is the image (boxes already drawn), column t + 1 the overlay of
+    ``maps[t]``, framed green where ``correct[t]`` else red. ``captions`` holds
+    T + 1 lists of ``(text, rgb)`` lines written above the columns (e.g. the
+    step, the prediction, its similarity). CPU tensors: the text is drawn on the host.
+    """
+    if image.dim() != 3 or maps.dim() != 3 or maps.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"filmstrip needs a (3, S, S) image and (T, S, S) maps, got {tuple(image.shape)} and "
+                         f"{tuple(maps.shape)}")
+    if len(correct) != maps.shape[0] or len(captions) != maps.shape[0] + 1:
+        raise ValueError(f"{maps.shape[0]} maps need as many verdicts and {maps.shape[0] + 1} captions, got "
+                         f"{len(correct)} and {len(captions)}")
+    size = max(image.shape[-2:])
+    frame, padding = max(2, size // 32), max(2, size // 32)
+    font = max(10, round(size / 4.5))
+    lines = max((len(c) for c in captions), default=0)
+    top = lines * (font + padding) + padding
+    images = image.float().unsqueeze(0).expand(maps.shape[0], -1, -1, -1)
+    verdicts = torch.tensor([bool(c) for c in correct], device=image.device)
+    overlays = add_border(overlay(images, maps.float(), alpha), verdicts, frame)
+    canvas = tile_rows([torch.cat([image.float().unsqueeze(0), overlays])], padding=padding, top=top)
+    step, width = image.shape[-1] + padding, image.shape[-1]
+    texts = []
+    for column, caption in enumerate(captions):
+        for line, (text, color) in enumerate(caption):
+            small = font if fit_width(text, width, font) == text else max(8, font * 3 // 5)
+            texts.append((padding + column * step, padding + line * (font + padding) + (font - small) // 2,
+                          fit_width(text, width, small), color, None, small))
+    return draw_text(canvas.cpu(), texts, font_size=font)
