@@ -1,4 +1,4 @@
-"""FAM, Grad-CAM, Eigen-CAM, attention rollout and gradient rollout on a trained few-shot ViT checkpoint.
+"""FAM, token FAM, Grad-CAM, Eigen-CAM, attention rollout and gradient rollout on a trained few-shot ViT checkpoint.
 
     python benchmarks/token_explainers.py --ckpt_path logs/vit_tiny_synthetic/version_0/checkpoints/last.ckpt \
         --data_dir data --episodes 40
@@ -7,7 +7,7 @@ Test episodes of the checkpoint's own data module (its saved arguments, ``--data
 where the embedded data lives); the correctly classified queries, each against the support images of
 its predicted class (the model's own decision). Per explainer: energy pointing game, localisation
 IoU, Average Drop / Increase in Confidence, deletion / insertion AUC of the raw score (10 steps, mean
-colour), and the FAM sum-property error ``|sum_k w_k - S|``. A uniform map is the chance level.
+colour), the FAM sum-property error ``|sum_k w_k - S|`` and the share of all-zero FAM maps. A uniform map is the chance level.
 Prints a Markdown table.
 """
 
@@ -27,7 +27,7 @@ from fam_lightning.metrics.faithfulness import average_drop, increase_in_confide
 from fam_lightning.metrics.localization import energy_pointing_game, localization_iou
 from fam_lightning.models import FewShotClassifier
 
-NAMES = ("fam", "gradcam", "eigencam", "rollout", "grad_rollout", "uniform")
+NAMES = ("fam", "token_fam", "gradcam", "eigencam", "rollout", "grad_rollout", "uniform")
 
 
 def main() -> None:
@@ -39,13 +39,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = FewShotClassifier.load_from_checkpoint(args.ckpt_path, map_location="cpu").eval()
     data_args = dict(torch.load(args.ckpt_path, map_location="cpu", weights_only=False)["datamodule_hyper_parameters"])
+    data_args = {k: v for k, v in data_args.items() if not k.startswith("_")}  # jsonargparse's bookkeeping
     data_args.update(data_dir=args.data_dir, test_episodes=args.episodes, num_workers=0)
     data = FewShotDataModule(**data_args)
     data.setup("test")
     explainers = {name: {**EXPLAINERS, **TOKEN_EXPLAINERS}[name](model) for name in NAMES if name != "uniform"}
     rows: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in NAMES}
     seconds = dict.fromkeys(NAMES, 0.0)
-    sum_errors, decisions, queries = [], 0, 0
+    sum_errors, blank, decisions, queries = [], [], 0, 0
     for batch in data.test_dataloader():
         with torch.no_grad():
             inputs = model.explanation_inputs(batch)
@@ -67,6 +68,8 @@ def main() -> None:
                 explainer = explainers[name]
                 maps = explainer(images, refs if explainer.needs_references else None, feature_maps=feats)
             seconds[name] += time.perf_counter() - start
+            if name == "fam":
+                blank.append(maps.flatten(1).amax(1) == 0)
             with torch.no_grad():
                 o = decision_scores(model, model(images * maps.unsqueeze(1)), refs)
                 deletion, insertion = deletion_insertion_auc(model, images, maps, refs, steps=10, baseline="mean")
@@ -76,7 +79,8 @@ def main() -> None:
             ):
                 rows[name].setdefault(metric, []).append(value.float())
     print(f"{decisions} correct decisions of {queries} queries ({args.episodes} test episodes); "
-          f"FAM sum-property error max {torch.cat(sum_errors).max().item():.2e}")
+          f"FAM sum-property error max {torch.cat(sum_errors).max().item():.2e}; "
+          f"all-zero FAM maps {100 * torch.cat(blank).float().mean().item():.0f} %")
     print("| explainer | energy % | IoU % | AD % | IC % | deletion AUC | insertion AUC | s / image |")
     print("|---|---|---|---|---|---|---|---|")
     for name in NAMES:

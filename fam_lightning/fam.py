@@ -236,12 +236,18 @@ def _linearised_weights(
     linear): the weights then sum to the similarity minus the share of the
     LN bias ``b``, as for a linear head's bias. For euclidean, gradient x input of S.
     """
+    return u.detach() * _target_gradient(u, refs, mix, similarity, head)
+
+
+def _target_gradient(u: Tensor, refs: Tensor, mix: Tensor, similarity: str, head: Projection) -> Tensor:
+    """(B, C) ``d(beta . embed(u)) / du`` (beta detached; euclidean: ``dS/du``), LayerNorms held fixed."""
     # inference_mode(False): callable from a Lightning eval loop, whose tensors
     # are inference tensors that autograd would refuse to record.
-    with torch.inference_mode(False), torch.enable_grad(), held_norm_statistics(head):
+    holder = head if isinstance(head, nn.Module) else nn.Identity()
+    with torch.inference_mode(False), torch.enable_grad(), held_norm_statistics(holder):
         u_var = u.detach().clone().requires_grad_(True)
         refs, mix = refs.clone(), mix.clone()
-        v = head(u_var)
+        v = embed(u_var, head.clone() if isinstance(head, Tensor) else head)
         if v.shape[1] != refs.shape[2]:
             raise ValueError(
                 f"references have D={refs.shape[2]} dimensions but the head outputs D={v.shape[1]}"
@@ -252,7 +258,38 @@ def _linearised_weights(
             beta = _similarity_coefficients(v.detach(), refs, mix, similarity)
             target = (beta * v).sum(1)
         (grad,) = torch.autograd.grad(target.sum(), u_var)
-    return u_var.detach() * grad
+    return grad
+
+
+def position_contributions(
+    feature_maps: Tensor,
+    references: Tensor,
+    similarity: str = "cosine",
+    projection: Projection = None,
+    reference_weights: Tensor | None = None,
+) -> Tensor:
+    """(B, h, w): each position's (token's) share of the similarity of a GAP model.
+
+    With GAP, ``u_k = mean_ij A_k,ij``, so the channel weights
+    ``w_k = u_k g_k`` (``g = W^T beta``, or the head's gradient with its
+    LayerNorms held fixed, as in :func:`contribution_weights`) split over
+    positions as ``c_ij = sum_k g_k A_k,ij / (h w)``, and
+    ``sum_ij c_ij == sum_k w_k`` (the similarity, minus a bias's share):
+    the decomposition over a transformer's patch tokens, as over a CNN's
+    positions. Signed where the features are signed (token grids).
+    """
+    _check_feature_maps(feature_maps)
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    refs = references.unsqueeze(1) if references.dim() == 2 else references
+    if refs.dim() != 3 or refs.shape[0] != feature_maps.shape[0]:
+        raise ValueError(
+            f"references must be (B, N, D) or (B, D) with B = {feature_maps.shape[0]}, got {tuple(references.shape)}"
+        )
+    mix = _reference_mixture(refs, reference_weights)
+    grad = _target_gradient(pool(feature_maps, "gap"), refs, mix, similarity, projection)  # (B, C)
+    height, width = feature_maps.shape[-2:]
+    return torch.einsum("bc,bchw->bhw", grad.to(feature_maps.dtype), feature_maps) / (height * width)
 
 
 @contextmanager

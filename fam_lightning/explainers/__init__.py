@@ -3,8 +3,9 @@
 Every explainer maps a batch of images (and, unless ``needs_references`` is
 False, the reference embeddings of their decisions) to (B, H, W) maps in [0, 1].
 ``EXPLAINERS`` work on any protocol model (CNN feature maps or token grids);
-``TOKEN_EXPLAINERS`` (attention rollout, gradient rollout) need a ViT-style
-token backbone: :func:`explainers_for` gives the ones a model supports.
+``TOKEN_EXPLAINERS``: ``token_fam`` (FAM's exact split over positions, for
+GAP models: signed token grids) and attention / gradient rollout (ViT-style
+token backbones); :func:`explainers_for` gives the ones a model supports.
 """
 
 from fam_lightning.explainers.ablationcam import AblationCAM
@@ -19,6 +20,7 @@ from fam_lightning.explainers.gradcampp import GradCAMPlusPlus
 from fam_lightning.explainers.rollout import AttentionRollout
 from fam_lightning.explainers.score_fam import ScoreFAM
 from fam_lightning.explainers.scorecam import ScoreCAM
+from fam_lightning.explainers.token_fam import TokenFAM
 from fam_lightning.explainers.xgradcam import XGradCAM
 
 EXPLAINERS: dict[str, type[Explainer]] = {
@@ -37,18 +39,24 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     )
 }
 
-TOKEN_EXPLAINERS: dict[str, type[Explainer]] = {cls.name: cls for cls in (AttentionRollout, GradientRollout)}
+# token_fam: any GAP model (signed token grids above all); the rollouts: ViT-style backbones
+TOKEN_EXPLAINERS: dict[str, type[Explainer]] = {
+    cls.name: cls for cls in (TokenFAM, AttentionRollout, GradientRollout)
+}
 
 
 def explainers_for(model: object) -> dict[str, type[Explainer]]:
-    """``EXPLAINERS``, plus ``TOKEN_EXPLAINERS`` when ``model`` has a ViT-style token backbone."""
+    """``EXPLAINERS``, plus ``token_fam`` for GAP models and the rollouts for ViT-style token backbones."""
     from fam_lightning.explainers._attention import token_model
 
+    found = dict(EXPLAINERS)
+    if getattr(model, "pooling", None) == "gap":
+        found[TokenFAM.name] = TokenFAM
     try:
         token_model(model)  # type: ignore[arg-type]
     except (ValueError, TypeError, AttributeError):
-        return dict(EXPLAINERS)
-    return {**EXPLAINERS, **TOKEN_EXPLAINERS}
+        return found
+    return {**found, AttentionRollout.name: AttentionRollout, GradientRollout.name: GradientRollout}
 
 
 __all__ = [
@@ -57,6 +65,7 @@ __all__ = [
     "AttentionRollout",
     "GradientRollout",
     "explainers_for",
+    "TokenFAM",
     "CFCAM",
     "AblationCAM",
     "EigenCAM",

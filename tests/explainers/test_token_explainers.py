@@ -160,7 +160,7 @@ def test_rollout_refuses_models_without_global_attention() -> None:
     model = SimilarityAdapter(feature_extractor=swin, pooling="gap")
     with pytest.raises(ValueError, match="no ViT-style token model with global self-attention"):
         AttentionRollout(model)
-    assert set(explainers_for(model)) == set(EXPLAINERS)
+    assert set(explainers_for(model)) == set(EXPLAINERS) | {"token_fam"}  # GAP: token_fam, no rollouts
     assert set(explainers_for(_adapter("vit"))) == set(EXPLAINERS) | set(TOKEN_EXPLAINERS)
 
 
@@ -237,3 +237,61 @@ def test_rollouts_work_inside_inference_mode() -> None:
         got = GradientRollout(model)(frozen_images, frozen_refs), AttentionRollout(model)(frozen_images)
     for ours, theirs in zip(got, expected):
         torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("head", ["none", "linear", "layer_norm"])
+def test_token_fam_splits_the_similarity_over_tokens_exactly(head: str) -> None:
+    from fam_lightning import fam
+    from fam_lightning.explainers import FAMExplainer, TokenFAM
+
+    torch.manual_seed(0)
+    if head == "layer_norm":  # a GAP ViT's own fc_norm head, held fixed
+        backbone = create_backbone("timm:vit_wee_patch16_reg1_gap_256", **VIT)
+        with torch.no_grad():
+            backbone.model.fc_norm.bias.uniform_(-0.5, 0.5)
+        model = SimilarityAdapter.from_timm(backbone).eval()
+    else:
+        model = _adapter("deit_distilled")
+        if head == "linear":
+            model.projection = nn.Linear(32, 16)
+    images, _ = _inputs(model)
+    with torch.no_grad():
+        grid = model.forward_features(images)
+        refs = model(torch.randn(6, 3, *SIZE)).view(2, 3, -1)
+    shares = TokenFAM(model).contributions(grid, refs)
+    parts = fam.decompose(fam.pool(grid, "gap"), refs, "cosine", model.projection)
+    assert shares.shape == (2, 6, 8)
+    torch.testing.assert_close(shares.sum((1, 2)), parts.weights.sum(1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(shares.sum((1, 2)) + parts.residual, parts.similarity, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(FAMExplainer(model).weights(grid, refs), parts.weights)
+    if head == "linear":  # by hand: c_ij = (W^T beta) . A_ij / (h w)
+        v = model.embed(grid)
+        beta = (refs / refs.norm(dim=2, keepdim=True)).mean(1) / v.norm(dim=1, keepdim=True)
+        back = beta @ model.projection.weight
+        for b, i, j in ((0, 0, 0), (1, 5, 7), (1, 2, 3)):
+            torch.testing.assert_close(shares[b, i, j], (back[b] * grid[b, :, i, j]).sum() / 48)
+
+
+def test_token_fam_shows_the_evidence_where_signed_features_leave_fam_blank() -> None:
+    from fam_lightning import fam
+    from fam_lightning.explainers import FAMExplainer, TokenFAM
+
+    class Signed(nn.Module):  # token-like features: negative everywhere but where one channel fires
+        pooling, projection, similarity = "gap", None, "dot"
+
+        def forward_features(self, x: Tensor) -> Tensor:
+            return x
+
+        def embed(self, feature_maps: Tensor) -> Tensor:
+            return fam.pool(feature_maps, "gap")
+
+    grid = torch.full((1, 2, 4, 4), -1.0)
+    grid[0, 0, 1, 2] = 3.0  # channel 0 fires at (1, 2)
+    refs = torch.tensor([[[1.0, 0.0]]])
+    assert float(FAMExplainer(Signed()).from_feature_maps(grid, refs).max()) == 0.0  # relu of a negative sum
+    maps = TokenFAM(Signed()).from_feature_maps(grid, refs)
+    assert maps[0, 1, 2] == 1 and float(maps.sum()) == 1.0
+    with pytest.raises(ValueError, match="needs pooling='gap'"):
+        model = Signed()
+        model.pooling = "gmp"
+        TokenFAM(model).from_feature_maps(grid, refs)
