@@ -6,9 +6,9 @@
 Test episodes of the checkpoint's own data module (its saved arguments, ``--data_dir`` overriding
 where the embedded data lives); the correctly classified queries, each against the support images of
 its predicted class (the model's own decision). Per explainer: energy pointing game, localisation
-IoU, Average Drop / Increase in Confidence, deletion / insertion AUC of the raw score (10 steps, mean
-colour), the FAM sum-property error ``|sum_k w_k - S|`` and the share of all-zero FAM maps. A uniform map is the chance level.
-Prints a Markdown table.
+IoU, Average Drop / Increase in Confidence, deletion / insertion AUC of the raw score (10 steps, zero
+baseline), the FAM sum-property error ``|sum_k w_k - S|`` and the share of all-zero FAM maps. A uniform
+map is the chance level. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
                 blank.append(maps.flatten(1).amax(1) == 0)
             with torch.no_grad():
                 o = decision_scores(model, model(images * maps.unsqueeze(1)), refs)
-                deletion, insertion = deletion_insertion_auc(model, images, maps, refs, steps=10, baseline="mean")
+                deletion, insertion = deletion_insertion_auc(model, images, maps, refs, steps=10, baseline="zeros")
             for metric, value in (
                 ("energy", energy_pointing_game(maps, boxes)), ("iou", localization_iou(maps, boxes)),
                 ("y", y), ("o", o), ("deletion", deletion), ("insertion", insertion),
