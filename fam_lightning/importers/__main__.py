@@ -43,8 +43,10 @@ PUBLISHED_IMAGE_SIZE = 224  # lemniscate.pytorch and MoCo train and evaluate Ima
 
 
 def convert(source: str | Path, target: str | Path, bank_size: int | None = None,
-            image_size: int = PUBLISHED_IMAGE_SIZE) -> Path:
+            image_size: int = PUBLISHED_IMAGE_SIZE, knn_k: int = 200) -> Path:
     """Write ``target`` (a Lightning checkpoint) from the published checkpoint ``source``.
+
+    ``knn_k``: the neighbours of the model's kNN vote (200, as lemniscate and the FAM paper).
 
     Raises:
         PublishedCheckpointError: ``source`` unreadable, refused, or a MoCo file without ``bank_size``.
@@ -57,7 +59,9 @@ def convert(source: str | Path, target: str | Path, bank_size: int | None = None
         )
     if bank_size is not None and bank_size < 1:
         raise PublishedCheckpointError(f"--bank-size must be the number of training images (>= 1), got {bank_size}")
-    kwargs: dict[str, object] = {} if imported.bank is not None else {"bank_size": bank_size}
+    if knn_k < 1:
+        raise PublishedCheckpointError(f"--knn-k must be >= 1, got {knn_k}")
+    kwargs: dict[str, object] = {"knn_k": knn_k, **({} if imported.bank is not None else {"bank_size": bank_size})}
     model = model_for(imported, **kwargs)
     checkpoint = {
         "state_dict": model.state_dict(),
@@ -82,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bank-size", type=int, default=None, help="training images (MoCo only)")
     parser.add_argument("--image-size", type=int, default=PUBLISHED_IMAGE_SIZE,
                         help="model input side recorded for the tools (default: %(default)s, as published)")
+    parser.add_argument("--knn-k", type=int, default=200, help="neighbours of the kNN vote (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        path = convert(args.source, args.target, args.bank_size, args.image_size)
+        path = convert(args.source, args.target, args.bank_size, args.image_size, args.knn_k)
     except PublishedCheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

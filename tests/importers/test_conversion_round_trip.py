@@ -2,8 +2,8 @@
 ``fam-evaluate``, ``fam-sanity`` and ``fam-explain``, with the authors' kNN answers; users' mistakes end
 in one sentence and exit status 2.
 
-The data is a synthetic ImageNet-layout folder written by the test: 4 classes x 52 training images, enough
-for the converted model's kNN (K = 200, as published) at 64 x 64 with a ResNet-18.
+The data is a synthetic ImageNet-layout folder written by the test: 4 classes x 10 training images at
+64 x 64, a ResNet-18, and a kNN of K = 10 (``--knn-k``; 200 as published).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.importers.published_files import (
 
 pytestmark = pytest.mark.slow
 
-CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE, K = 4, 52, 3, 64, 200
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE, K = 4, 10, 3, 64, 10
 CONFIGS = {"npid": "npid_resnet50_import.yaml", "moco_v2": "moco_v2_resnet50_import.yaml"}
 DATA_ARGS = ["--data.image_size", str(SIZE), "--data.batch_size", "16", "--data.num_workers", "0",
              "--data.pin_memory", "false", "--trainer.accelerator", "cpu"]
@@ -82,7 +82,7 @@ def _converted(kind: str, root: Path, tmp_path: Path, monkeypatch: pytest.Monkey
         extra = ["--bank-size", str(len(labels))]
     target = tmp_path / f"{kind}.ckpt"
     out = succeeded(run(["-m", "fam_lightning.importers", str(published), str(target), "--image-size", str(SIZE),
-                         *extra], tmp_path))
+                         "--knn-k", str(K), *extra], tmp_path))
     assert f"wrote {target}" in out
     published.unlink()  # the converted file stands alone
     predictions = lemniscate_knn(embed(source, val["image"]), bank, labels, k=K, t=0.07, classes=CLASSES)
@@ -146,11 +146,11 @@ def test_users_mistakes_end_in_one_sentence_and_exit_status_2(
         "set --model.init_args.backbone resnet18"
     )
 
-    # a converted bank of 208 rows against another training set
+    # a converted bank of 40 rows against another training set
     other = write_synthetic_imagenet(tmp_path / "other", num_classes=3, train_per_class=5, val_per_class=2,
                                      image_size=32)
     checkpoint = tmp_path / "npid.ckpt"
-    succeeded(run(["-m", "fam_lightning.importers", str(published), str(checkpoint)], tmp_path))
+    succeeded(run(["-m", "fam_lightning.importers", str(published), str(checkpoint), "--knn-k", str(K)], tmp_path))
     proc = run([str(REPO / "train.py"), "validate", "--config", config, "--ckpt_path", str(checkpoint),
                 "--data.root", str(other), *DATA_ARGS], tmp_path)
     assert proc.returncode == 2, proc.stderr[-4000:]
