@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from fam_lightning.datamodules import ContrastiveDataModule
 from fam_lightning.datamodules.synthetic_imagenet import write_synthetic_imagenet
@@ -112,11 +111,9 @@ def test_a_converted_checkpoint_validates_evaluates_explains_and_passes_the_sani
     row = next(csv.DictReader(table.with_suffix(".csv").open()))
     assert row["Model"] == kind and float(row["kNN top-1 (%)"]) == pytest.approx(expected, abs=0.01)
 
-    small_batches = tmp_path / "sanity_data.yaml"  # 2 images explained against their neighbours
-    small_batches.write_text(yaml.safe_dump({"data": {"init_args": {"batch_size": 2}}}))
-    assert sanity(["--ckpt_path", str(checkpoint), "--root", str(imagenet), "--config", str(small_batches),
+    assert sanity(["--ckpt_path", str(checkpoint), "--data.root", str(imagenet), "--data.batch_size", "2",
                    "--batches", "1", "--explainers", "fam", "--out", str(tmp_path / "sanity.csv"),
-                   "--device", "cpu"]) == 0
+                   "--device", "cpu"]) == 0  # 2 images explained against their neighbours
     rows = list(csv.DictReader((tmp_path / "sanity.csv").open()))
     assert rows[0]["layer"].startswith("projection") and int(rows[0]["num_maps"]) + int(rows[0]["num_constant"]) == 2
 
