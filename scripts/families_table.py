@@ -52,15 +52,16 @@ def markdown(rows: list[dict[str, object]]) -> str:
     """The rows as one Markdown table (figures in percent, wall time in min:s)."""
     lines = [
         "| config | learned metric (%) | FAM energy, step 0 (%) | FAM energy, last validation (%) "
-        "| uniform map (%) | untrained model, all decisions (%) | last / uniform | wall time |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| gain over step 0 (points) | uniform map (%) | untrained model, all decisions (%) | last / uniform "
+        "| wall time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = r["energy_last"] / r["uniform"] if r["uniform"] else math.nan
         minutes, secs = divmod(round(float(r["seconds"])), 60)
         lines.append(
             f"| `{r['config']}` | {r['metric']} {r['value']:.1f} | {r['energy_step0']:.1f} | {r['energy_last']:.1f} "
-            f"| {r['uniform']:.1f} | {r['untrained']:.1f} | {ratio:.2f}x | {minutes} min {secs:02d} s |"
+            f"| {r['energy_last'] - r['energy_step0']:+.1f} | {r['uniform']:.1f} | {r['untrained']:.1f} | {ratio:.2f}x | {minutes} min {secs:02d} s |"
         )
     return "\n".join(lines) + "\n"
 
