@@ -27,8 +27,11 @@ the annotations as ILSVRC ships them. Every ``<object>`` of the file counts
 inclusive: ``xmin = 1`` is the first pixel column and ``xmax`` the last one
 covered. They are converted to ``(x0, y0, x1, y1)`` 0-based with exclusive
 ends, ``x0 = xmin - 1``, ``x1 = xmax`` (so the width is ``xmax - xmin + 1``),
-then scaled like the image: the whole image is resized to ``S x S`` without
-cropping, so the boxes stay exact. The scale uses the XML's ``<size>`` (the
+then scaled like the image: by default the whole image is resized to
+``S x S`` without cropping, so the boxes stay exact; ``preprocess="center_crop"``
+is the published evaluation protocol instead (shorter side to 256, centre
+224 x 224 for ``S = 224``), with the boxes moved, clipped, and dropped when
+cropped away. The scale uses the XML's ``<size>`` (the
 image the boxes were drawn on), which keeps boxes right for copies of ImageNet
 stored pre-resized; the decoded image's size is used when ``<size>`` is absent.
 Boxes are finally clipped to the image, ``[0, S]``.
@@ -378,8 +381,69 @@ def scale_boxes(boxes: Sequence[Box], width: int, height: int, size: int) -> tor
     return out.clamp_(0.0, float(size))
 
 
+PREPROCESSING: tuple[str, ...] = ("resize", "center_crop")
+CROP_RATIO = 224 / 256  # the published protocol (lemniscate, MoCo): resize the shorter side to 256, crop 224
+
+
+def center_crop_geometry(width: int, height: int, size: int, resize_size: int) -> tuple[int, int, int, int]:
+    """Where torchvision's ``Resize(resize_size)`` then ``CenterCrop(size)`` put a ``width x height`` image.
+
+    Returns:
+        ``(resized_width, resized_height, left, top)``: the shorter side
+        becomes ``resize_size`` (the longer ``int(resize_size * long / short)``),
+        and the crop is ``[left, left + size) x [top, top + size)`` of it.
+
+    Raises:
+        ValueError: If ``resize_size < size`` (the crop would not fit).
+    """
+    if resize_size < size:
+        raise ValueError(f"resize_size must be >= the crop size {size}, got {resize_size}")
+    if width <= height:
+        resized = (resize_size, int(resize_size * height / width))
+    else:
+        resized = (int(resize_size * width / height), resize_size)
+    left = int(round((resized[0] - size) / 2.0))
+    top = int(round((resized[1] - size) / 2.0))
+    return resized[0], resized[1], left, top
+
+
+def center_crop_boxes(
+    boxes: Sequence[Box], width: int, height: int, size: int, resize_size: int,
+    decoded_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Boxes in pixels of a ``width x height`` image -> pixels of its resize + centre crop, clipped.
+
+    ``decoded_size``: the size of the decoded image when the boxes were drawn on
+    another (a pre-resized copy); the crop geometry follows the decoded image.
+    Boxes left with no area inside the crop (the object was cropped away) are dropped.
+
+    Returns:
+        float (n', 4), ``(x0, y0, x1, y1)``, exclusive ends, within ``[0, size]``.
+    """
+    decoded_width, decoded_height = decoded_size or (width, height)
+    resized_width, resized_height, left, top = center_crop_geometry(decoded_width, decoded_height, size, resize_size)
+    out = torch.tensor(boxes, dtype=torch.float32).view(-1, 4)
+    out *= torch.tensor([resized_width / width, resized_height / height] * 2)
+    out -= torch.tensor([left, top, left, top], dtype=torch.float32)
+    out.clamp_(0.0, float(size))
+    return out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
+
+
+def load_center_cropped_image(path: Path, size: int, resize_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Decode an image as RGB, resize its shorter side to ``resize_size`` (bilinear), crop the centred ``size x size``.
+
+    Returns:
+        The uint8 (3, size, size) image and the decoded ``(width, height)``.
+    """
+    rgb = decode_rgb(path)
+    resized_width, resized_height, left, top = center_crop_geometry(*rgb.size, size, resize_size)
+    resized = rgb.resize((resized_width, resized_height), Image.Resampling.BILINEAR)
+    array = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), rgb.size
+
+
 class ImageNetDataset(Dataset):
-    """Images of one split of an ImageNet-layout folder, resized to ``S x S``.
+    """Images of one split of an ImageNet-layout folder, resized to ``S x S`` (or resized and centre-cropped).
 
     Items are dicts::
 
@@ -412,6 +476,7 @@ class ImageNetDataset(Dataset):
         cache: bool = False,
         boxes_dir: str | Path | None = None,
         split_index: ImageNetIndex | None = None,
+        preprocess: str = "resize",
     ) -> None:
         """Index the split; nothing is decoded yet.
 
@@ -429,6 +494,11 @@ class ImageNetDataset(Dataset):
                 load (per process: each DataLoader worker has its own cache).
             boxes_dir: Annotation folder (see :func:`read_imagenet_split`).
             split_index: An already read listing of ``root``/``split``, to skip listing.
+            preprocess: "resize" (default): the whole image to ``S x S``, boxes
+                exact. "center_crop": the published evaluation protocol
+                (lemniscate, MoCo): the shorter side resized to
+                ``round(S / 0.875)`` (256 for 224), the centred ``S x S`` cropped,
+                the boxes moved with it (clipped; a box cropped away is dropped).
 
         Raises:
             FileNotFoundError: If ``root`` or the split folder is missing.
@@ -437,6 +507,8 @@ class ImageNetDataset(Dataset):
         super().__init__()
         if image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if preprocess not in PREPROCESSING:
+            raise ValueError(f"preprocess must be one of {PREPROCESSING}, got {preprocess!r}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std must have 3 entries and std > 0, got mean={mean}, std={std}")
         if split_index is None:
@@ -445,6 +517,7 @@ class ImageNetDataset(Dataset):
         self.root = Path(root)
         self.split = split
         self.image_size = image_size
+        self.preprocess = preprocess
         self.transform = transform
         self.with_boxes = with_boxes
         self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -475,9 +548,16 @@ class ImageNetDataset(Dataset):
         """uint8 (3, S, S) image and its (n, 4) boxes in resized pixels, from cache when possible."""
         if self._cache is not None and self._cache[index] is not None:
             return self._cache[index]
-        image, decoded_size = load_resized_image(self.split_index.paths[index], self.image_size)
-        width, height = self.split_index.box_sizes[index] or decoded_size
-        boxes = scale_boxes(self.split_index.boxes[index], width, height, self.image_size)
+        path, size = self.split_index.paths[index], self.image_size
+        if self.preprocess == "center_crop":
+            resize_size = round(size / CROP_RATIO)
+            image, decoded_size = load_center_cropped_image(path, size, resize_size)
+            width, height = self.split_index.box_sizes[index] or decoded_size
+            boxes = center_crop_boxes(self.split_index.boxes[index], width, height, size, resize_size, decoded_size)
+        else:
+            image, decoded_size = load_resized_image(path, size)
+            width, height = self.split_index.box_sizes[index] or decoded_size
+            boxes = scale_boxes(self.split_index.boxes[index], width, height, size)
         if self._cache is not None:
             self._cache[index] = (image, boxes)
         return image, boxes

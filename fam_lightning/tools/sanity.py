@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the re-initialisation")
     parser.add_argument("--out", default=None, help="CSV file for the per-layer results")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="PNG of the curves: Spearman vs the randomised "
+                        "depth, one line per explainer (Adebayo et al. 2018, Fig. 2)")
     return parser
 
 
@@ -384,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         write_csv(rows, Path(args.out))
         print(f"wrote {args.out}")
+    if args.plot:  # issue 19: the table as curves
+        from fam_lightning.plots import sanity_curves_figure, save_figure
+
+        print(f"wrote {save_figure(sanity_curves_figure(rows), args.plot)}")
     return 0
 
 
