@@ -49,6 +49,15 @@ def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head:
+        raise ValueError(f"cannot read checkpoint {path}: the file is empty (0 bytes; a write or copy was cut short)")
+    if head.startswith(b"version https://git-lfs"):
+        raise ValueError(
+            f"cannot read checkpoint {path}: it is a Git LFS pointer, not the checkpoint itself "
+            "(run `git lfs pull` in its repository, or download the file)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, foreign pickles: all unreadable here
