@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fam_lightning.console import quiet_lightning
 from fam_lightning.callbacks.fam import FAMCallback, _annotated, _round_off_rtol, _select
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, load_model, read_checkpoint
@@ -450,6 +451,7 @@ def run(args: argparse.Namespace, overrides: Overrides) -> tuple[dict[str, dict[
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_lightning()
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args, overrides = parse_tool_args(parser, argv)

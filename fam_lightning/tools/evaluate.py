@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fam_lightning.console import quiet_lightning
 from fam_lightning.cli import FAMLightningCLI
 from fam_lightning.loading import DATAMODULE_KEY, MODEL_KEY, import_class, read_checkpoint
 from fam_lightning.report import TABLES, read_rows, upsert_row, write_tables
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_lightning()
     parser = build_parser()
     args, cli_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     stem = Path(args.table)

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from fam_lightning.console import quiet_lightning
 from fam_lightning.datamodules.cub import decode_rgb, display_class_name
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, datamodule_arguments, load_model, read_checkpoint
@@ -630,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_lightning()
     parser = build_parser()
     args, overrides = parse_tool_args(parser, sys.argv[1:] if argv is None else argv)
     has_refs = bool(args.references)

@@ -54,6 +54,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from fam_lightning.console import quiet_lightning
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, import_class, load_model, read_checkpoint
 from fam_lightning.report import atomic_write
@@ -363,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_lightning()
     parser = build_parser()
     args, overrides = parse_tool_args(parser, sys.argv[1:] if argv is None else argv, DATA_ALIASES)
     overrides.data_class = args.data_class or overrides.data_class
