@@ -64,8 +64,8 @@ class EvolutionRecord:
                 scaled = [b * scale for b in boxes] if isinstance(boxes, list) else boxes * scale
                 shown = draw_boxes(shown, scaled, color=YELLOW, thickness=max(1, tile_size // 64))
             self.images = shown.cpu()
-            self.labels = [_name(names, v) for v in rest[2].tolist()] if rest.shape[0] > 2 else None
-        predicted = [_name(names, v) for v in rest[3].tolist()] if rest.shape[0] > 3 else [None] * count
+            self.labels = [class_label(names, v) for v in rest[2].tolist()] if rest.shape[0] > 2 else None
+        predicted = [class_label(names, v) for v in rest[3].tolist()] if rest.shape[0] > 3 else [None] * count
         self.steps.append(int(step))
         self.maps.append(maps.half())
         self.decisions.append((predicted, rest[0].tolist(), [bool(v) for v in rest[1].tolist()]))
@@ -144,6 +144,7 @@ class EvolutionRecord:
         return written
 
 
-def _name(names: list[str] | None, label: float) -> str:
+def class_label(names: list[str] | None, label: float) -> str:
+    """The display name of class index ``label`` (a float from a host copy), or the index itself."""
     index = int(round(label))
     return names[index] if names is not None and 0 <= index < len(names) else f"{index}"

@@ -59,7 +59,7 @@ from fam_lightning.metrics import (
 from fam_lightning.protocol import ExplanationInputs, check_similarity_model
 from fam_lightning.runs import logging_step_of_trainer as logging_step
 from fam_lightning.similarity import mean_similarity
-from fam_lightning.callbacks.evolution import EvolutionRecord
+from fam_lightning.callbacks.evolution import DARK_GREEN, EvolutionRecord, class_label
 from fam_lightning.visualize import (
     GREEN,
     IMAGENET_MEAN,
@@ -544,7 +544,7 @@ class FAMCallback(L.Callback):
         for column in range(len(similarity)):
             x, verdict = left + padding + column * step, GREEN_TEXT if correct[column] else RED
             lines = (
-                [(f"true {_name(names_of, true[column])}", black), (f"pred {_name(names_of, predicted[column])}", verdict)]
+                [(f"true {class_label(names_of, true[column])}", black), (f"pred {class_label(names_of, predicted[column])}", verdict)]
                 if labels[2] else [("right" if correct[column] else "wrong", verdict)]
             )
             lines.append((f"sim {similarity[column]:.3f}".replace("0.", ".", 1), black))
@@ -574,7 +574,7 @@ class FAMCallback(L.Callback):
 
 LOCALIZATION = ("energy_pointing_game", "iou")
 AUC = ("deletion_auc", "insertion_auc")
-GREEN_TEXT = (0.0, 0.55, 0.0)  # GREEN is a frame colour; text on white needs a darker one
+GREEN_TEXT = DARK_GREEN  # GREEN is a frame colour; text on white needs a darker one
 
 
 def _due(trainer: L.Trainer, every_n_epochs: int) -> bool:
@@ -699,11 +699,6 @@ def _vote_weights(inputs: ExplanationInputs) -> Tensor:
     shares = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
     # the shown references are the strongest voters, strongest first (MemoryBankModel.explanation_inputs)
     return shares.sort(dim=1, descending=True).values[:, :shown]
-
-
-def _name(names: list[str] | None, label: float) -> str:
-    index = int(round(label))
-    return names[index] if names is not None and 0 <= index < len(names) else f"{index}"
 
 
 def class_names(trainer: L.Trainer, stage: str = "val") -> list[str] | None:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from fam_lightning import fam
-from fam_lightning.explainers.base import Explainer
+from fam_lightning.explainers.base import Explainer, at_least_float32
 from fam_lightning.protocol import SimilarityModel
 
 
@@ -48,12 +48,9 @@ class FAMExplainer(Explainer):
         # Under bf16/fp16 autocast the arithmetic still runs in float32: min-max
         # normalisation and the sum property need more than 8 mantissa bits.
         with torch.autocast(feature_maps.device.type, enabled=False):
-            feature_maps, references = _at_least_float32(feature_maps.detach(), references.detach())
+            feature_maps, references = at_least_float32(feature_maps.detach()), at_least_float32(references.detach())
             if reference_weights is not None:
                 reference_weights = reference_weights.to(feature_maps.dtype)
             weights = self.weights(feature_maps, references, reference_weights)
             return fam.feature_activation_map(feature_maps, weights, size)
 
-
-def _at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
-    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)

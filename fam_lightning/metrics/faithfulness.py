@@ -51,20 +51,33 @@ def _split(y: Tensor, o: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return valid, ~valid & ~nan, nan
 
 
+def average_drop_per_sample(y: Tensor, o: Tensor) -> Tensor:
+    """(B,) ``relu(Y - O) / Y x 100`` per sample; NaN where ``Y <= 0`` (excluded) or a score is NaN."""
+    valid, _, _ = _split(y, o)
+    drop = torch.relu(y - o) / torch.where(valid, y, 1.0) * 100.0
+    return torch.where(valid, drop, torch.full_like(drop, float("nan")))
+
+
+def increase_in_confidence_per_sample(y: Tensor, o: Tensor, rtol: float = 0.0) -> Tensor:
+    """(B,) ``1[O - Y > rtol |Y|] x 100`` per sample; NaN where ``Y <= 0`` (excluded) or a score is NaN."""
+    if rtol < 0:
+        raise ValueError(f"rtol must be >= 0, got {rtol}")
+    valid, _, _ = _split(y, o)
+    increase = (o - y > rtol * y.abs()).to(y.dtype if y.is_floating_point() else torch.float32) * 100.0
+    return torch.where(valid, increase, torch.full_like(increase, float("nan")))
+
+
 def _average_drop_update(y: Tensor, o: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-batch ``(sum of drops in %, valid count, excluded count, NaN count)``, all scalars."""
     valid, excluded, nan = _split(y, o)
-    drop = torch.relu(y - o) / torch.where(valid, y, 1.0) * 100.0
-    return torch.where(valid, drop, 0.0).sum(), valid.sum(), excluded.sum(), nan.sum()
+    return average_drop_per_sample(y, o).nan_to_num(0.0).sum(), valid.sum(), excluded.sum(), nan.sum()
 
 
 def _increase_in_confidence_update(y: Tensor, o: Tensor, rtol: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-batch ``(sum of increases in %, valid count, excluded count, NaN count)``, all scalars."""
-    if rtol < 0:
-        raise ValueError(f"rtol must be >= 0, got {rtol}")
+    increase = increase_in_confidence_per_sample(y, o, rtol)
     valid, excluded, nan = _split(y, o)
-    increase = (valid & (o - y > rtol * y.abs())).to(y.dtype if y.is_floating_point() else torch.float32) * 100.0
-    return increase.sum(), valid.sum(), excluded.sum(), nan.sum()
+    return increase.nan_to_num(0.0).sum(), valid.sum(), excluded.sum(), nan.sum()
 
 
 def _mean_over_valid(total: Tensor, num_valid: Tensor, num_nan: Tensor | None = None) -> Tensor:

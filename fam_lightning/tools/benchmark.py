@@ -67,6 +67,7 @@ from fam_lightning.loading import build_datamodule, load_model, read_checkpoint
 from fam_lightning.metrics import energy_pointing_game, localization_iou
 from fam_lightning.metrics.bootstrap import Interval, bootstrap_band, bootstrap_ci, paired_bootstrap_ci
 from fam_lightning.metrics.deletion_insertion import deletion_insertion_curves
+from fam_lightning.metrics.faithfulness import average_drop_per_sample, increase_in_confidence_per_sample
 from fam_lightning.protocol import ExplanationInputs
 from fam_lightning.report import atomic_write
 from fam_lightning.tools.common import Overrides, ToolParser, add_checkpoint_arguments, parse_tool_args
@@ -213,11 +214,9 @@ class DecisionRecorder(L.Callback):
             values["iou"].append(iou)
             y, o = FAMCallback.faithfulness_scores(pl_module, inputs, maps)
             y, o = y.double(), o.double()
-            scored = y > 0  # AD / IC divide by or compare with Y: Y <= 0 is excluded, as the metric classes do
-            drop = torch.relu(y - o) / torch.where(scored, y, 1.0) * 100.0
-            increase = (o - y > rtol * y.abs()).double() * 100.0
-            values["average_drop"].append(torch.where(scored | y.isnan(), drop, nan))
-            values["increase_in_confidence"].append(torch.where(scored | y.isnan(), increase, nan))
+            # the metric classes' per-sample twins: Y <= 0 excluded (NaN here, left out of the means)
+            values["average_drop"].append(average_drop_per_sample(y, o))
+            values["increase_in_confidence"].append(increase_in_confidence_per_sample(y, o, rtol))
             deletion, insertion = deletion_insertion_curves(
                 pl_module, inputs.images, maps, inputs.references, inputs.reference_weights, steps=self.steps
             )

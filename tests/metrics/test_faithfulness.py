@@ -161,3 +161,18 @@ def test_relative_tolerance_ignores_round_off_but_counts_real_increases() -> Non
     assert metric.compute().item() == pytest.approx(100 / 3)
     with pytest.raises(ValueError, match="rtol"):
         IncreaseInConfidence(rtol=-1.0)
+
+
+def test_per_sample_twins_are_what_the_means_average() -> None:
+    from fam_lightning.metrics.faithfulness import average_drop_per_sample, increase_in_confidence_per_sample
+
+    y = torch.tensor([0.8, 0.5, -0.2, float("nan"), 0.4])
+    o = torch.tensor([0.4, 0.6, 0.1, 0.3, 0.4])
+    drops = average_drop_per_sample(y, o)
+    increases = increase_in_confidence_per_sample(y, o)
+    assert torch.allclose(drops[[0, 1, 4]], torch.tensor([50.0, 0.0, 0.0]))
+    assert torch.equal(increases[[0, 1, 4]], torch.tensor([0.0, 100.0, 0.0]))
+    assert drops[2:4].isnan().all() and increases[2:4].isnan().all()  # Y <= 0 excluded, NaN stays NaN
+    keep = [0, 1, 4]
+    assert torch.isclose(average_drop(y[keep], o[keep]), drops[keep].mean())
+    assert torch.isclose(increase_in_confidence(y[keep], o[keep]), increases[keep].mean())
