@@ -111,7 +111,7 @@ class EvolutionRecord:
         """Filmstrips and the energy plot as PNGs under ``folder`` and, with ``experiment`` (a SummaryWriter), to TensorBoard."""
         from PIL import Image
 
-        from fam_lightning.report import atomic_write
+        from fam_lightning.io import atomic_write
 
         folder.mkdir(parents=True, exist_ok=True)
         written = []

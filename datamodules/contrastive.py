@@ -58,7 +58,7 @@ from .imagenet import (
 )
 from .drawing import DEFAULT_DISTRACTORS
 from .synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
-from fam_lightning.reliability import global_seed, mix_seed
+from fam_lightning.seeding import global_seed, mix_seed
 
 from .sampler import EpochSeededSampler, fit_progress
 

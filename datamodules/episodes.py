@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, get_worker_info
 
-from fam_lightning.reliability import mix_seed
+from fam_lightning.seeding import mix_seed
 
 from .checks import DataCheckWarning
 

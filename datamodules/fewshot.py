@@ -18,7 +18,7 @@ from .cub import CUBDataset, fewshot_class_split
 from .cub_source import CUBSource
 from .drawing import DEFAULT_DISTRACTORS
 from .episodes import EpisodeDataset, collate_episodes
-from fam_lightning.reliability import global_seed, mix_seed
+from fam_lightning.seeding import global_seed, mix_seed
 
 from .sampler import EpochSeededSampler, fit_progress
 

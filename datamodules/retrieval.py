@@ -24,7 +24,7 @@ from .cub_source import CUBSource
 from .drawing import DEFAULT_DISTRACTORS
 from .sampler import ClassBalancedBatchSampler, ShardSampler
 
-from fam_lightning.reliability import global_seed, mix_seed
+from fam_lightning.seeding import global_seed, mix_seed
 
 from .sampler import fit_progress
 

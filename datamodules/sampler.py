@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DistributedSampler, Sampler
 
-from fam_lightning.reliability import mix_seed
+from fam_lightning.seeding import mix_seed
 
 __all__ = ["ClassBalancedBatchSampler", "EpochSeededSampler", "ShardSampler", "fit_progress"]
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from fam_lightning.io import atomic_write_stream
 
 
 class CheckpointWriteError(OSError):
@@ -30,28 +31,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
         target = Path(path)
-        tmp_name = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-            with os.fdopen(handle, "wb") as tmp:
-                torch.save(checkpoint, tmp)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, target)
-        except BaseException as err:
-            if tmp_name is not None:
-                Path(tmp_name).unlink(missing_ok=True)
-            if isinstance(err, (OSError, RuntimeError)):
-                raise write_error(target, err) from err
-            raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+            atomic_write_stream(target, lambda stream: torch.save(checkpoint, stream), fsync=True)
+        except (OSError, RuntimeError) as err:
+            raise write_error(target, err) from err
 
 
 def _os_cause(err: BaseException) -> OSError | None:

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fam_lightning.report import atomic_write
+from fam_lightning.io import atomic_write
 
 Band = tuple[np.ndarray, np.ndarray, np.ndarray]  # (mean, low, high), each (T,)
 REFERENCE = "fam"

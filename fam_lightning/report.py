@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
+
+from fam_lightning.io import atomic_write
 
 # (metric key logged by the model / FAM callback, column header)
 FAM_COLUMNS = (
@@ -95,25 +94,6 @@ def write_tables(rows: list[dict[str, str]], stem: Path) -> tuple[Path, Path]:
     _atomic_write(csv_path, buffer.getvalue())
     _atomic_write(md_path, to_markdown(rows))
     return csv_path, md_path
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then ``os.replace`` it: never a partial file.
-
-    The file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's private 0600.
-    """
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _atomic_write(path: Path, text: str) -> None:

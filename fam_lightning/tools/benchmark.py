@@ -69,7 +69,7 @@ from fam_lightning.metrics.bootstrap import Interval, bootstrap_band, bootstrap_
 from fam_lightning.metrics.deletion_insertion import deletion_insertion_curves
 from fam_lightning.metrics.faithfulness import average_drop_per_sample, increase_in_confidence_per_sample
 from fam_lightning.protocol import ExplanationInputs
-from fam_lightning.report import atomic_write
+from fam_lightning.io import atomic_write
 from fam_lightning.tools.common import Overrides, ToolParser, add_checkpoint_arguments, parse_tool_args
 from fam_lightning.tools.sanity import data_overrides
 

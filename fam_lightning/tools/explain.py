@@ -61,7 +61,7 @@ from fam_lightning.console import quiet_lightning
 from fam_lightning.datamodules.cub import decode_rgb, display_class_name
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, datamodule_arguments, load_model, read_checkpoint
-from fam_lightning.report import atomic_write
+from fam_lightning.io import atomic_write
 from fam_lightning.similarity import mean_similarity
 from fam_lightning.tools.common import (
     Overrides,

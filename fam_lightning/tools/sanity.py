@@ -57,7 +57,7 @@ from tqdm import tqdm
 from fam_lightning.console import quiet_lightning
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, import_class, load_model, read_checkpoint
-from fam_lightning.report import atomic_write
+from fam_lightning.io import atomic_write
 from fam_lightning.tools.common import Overrides, ToolParser, add_checkpoint_arguments, parse_tool_args
 
 # deprecated flags -> the data module argument they set (--data.<argument> is the flag now)

@@ -1,0 +1,52 @@
+"""Modules that moved in the 0.2 restructuring keep importing under their old dotted names.
+
+Checkpoints and configs name classes by dotted path (``fam_lightning.datamodules.cub.CUBDataset``); a
+module that moved must still resolve there. :data:`MOVED` maps each old module name to its new one; the
+finder below (appended to ``sys.meta_path`` by ``fam_lightning/__init__.py``, so it is only asked for
+names no file provides) serves the new module under the old name, with a ``DeprecationWarning``. The old
+name and the new one are then the same module object: never two copies of one class.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import warnings
+from types import ModuleType
+
+# old module -> new module (add a line for every module you move)
+MOVED: dict[str, str] = {}
+
+
+class _MovedModuleLoader(importlib.abc.Loader):
+    def __init__(self, new_name: str) -> None:
+        self.new_name = new_name
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        warnings.warn(
+            f"{spec.name} moved to {self.new_name}; the old name is an alias that will be removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module(self.new_name)
+
+    def exec_module(self, module: ModuleType) -> None:  # already executed under its new name
+        return None
+
+
+class MovedModuleFinder(importlib.abc.MetaPathFinder):
+    """Finds the modules listed in :data:`MOVED` (and only those)."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        new_name = MOVED.get(fullname)
+        if new_name is None:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, _MovedModuleLoader(new_name))
+
+
+def install() -> None:
+    """Append the finder to ``sys.meta_path`` once."""
+    if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
+        sys.meta_path.append(MovedModuleFinder())
