@@ -121,7 +121,7 @@ def _best_of(fn, repeats: int = 2) -> float:
 
 
 def part_data(sizes: tuple[int, ...]) -> list[tuple[str, list[int], list[float], str]]:
-    from fam_lightning.datamodules.imagenet import check_imagenet_index, read_imagenet_split
+    from fam_lightning.datamodules.formats.imagenet_index import check_imagenet_index, read_imagenet_split
 
     root = Path(tempfile.mkdtemp(prefix="fam_scaling_", dir="/tmp"))
     jpeg = _tiny_jpeg()
@@ -265,7 +265,7 @@ def _bank_worker(rank: int, world: int, port: int, sizes: tuple[int, ...], threa
 def part_bank(sizes: tuple[int, ...], threads: int) -> list[tuple[str, list[int], list[float], str]]:
     import torch.multiprocessing as mp
 
-    from tests.distributed_helpers import free_port
+    from tests.helpers.distributed import free_port
 
     with mp.Manager() as manager:
         results = manager.dict()

@@ -1,52 +1,45 @@
-"""Shared fixtures: a tiny synthetic CUB-layout data set and CLI helpers."""
+"""Shared fixtures. Plain helpers live in :mod:`tests.helpers` (import them from there, never from here)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-# Small enough for 2 CPU cores, large enough for 5-way 1-shot 15-query val episodes.
-TINY_DATA_ARGS = [
-    "--data.synthetic_classes", "24",
-    "--data.synthetic_images_per_class", "20",
-    "--data.image_size", "48",
-    "--data.train_episodes", "3",
-    "--data.val_episodes", "2",
-    "--data.test_episodes", "4",
-    "--trainer.log_every_n_steps", "1",
-]
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python train.py ...`` from ``cwd`` as a user would; fail with its output."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"train.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def read_events(log_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[int]]]:
-    """Scalars {tag: [(step, value)]} and images {tag: [steps]} from TensorBoard event files."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
-    acc.Reload()
-    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
-    images = {t: [e.step for e in acc.Images(t)] for t in acc.Tags()["images"]}
-    return scalars, images
+from tests.helpers.cli import REPO, isolated, run_cli
+from tests.helpers.tiny import FITS
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One synthetic data folder shared by every CLI test of the session."""
     return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state() -> Iterator[None]:
+    """Every test starts from the process state the last one found (cwd, env, signals, seeds, torch, logging ...)."""
+    with isolated():
+        yield
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Callable[[str], Path]:
+    """``trained_checkpoint(family)``: the ``last.ckpt`` of one one-epoch ``train.py fit`` of that family.
+
+    Families are those of :data:`tests.helpers.tiny.FITS`; each is fitted once per session, on first use,
+    and shared by every test that explains, evaluates, sanity-checks or benchmarks a trained model.
+    """
+    made: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            config, extra = FITS[family]
+            cwd = tmp_path_factory.mktemp(family.replace(" ", "_"))
+            run_cli(["fit", "--config", str(REPO / "configs" / config), *extra, "--data.data_dir", str(data_dir),
+                     "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"], cwd=cwd)
+            (made[family],) = cwd.glob("logs/*/version_0/checkpoints/last.ckpt")
+        return made[family]
+
+    return get

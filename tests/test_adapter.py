@@ -19,7 +19,7 @@ from fam_lightning.adapter import SimilarityAdapter
 from fam_lightning.explainers import EXPLAINERS, FAMExplainer
 from fam_lightning.protocol import check_similarity_model
 from fam_lightning.similarity import mean_similarity
-from tests.conftest import read_events
+from tests.helpers.events import read_events
 
 
 def embedding_net() -> nn.Sequential:

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, read_events, run_cli
+from tests.helpers.cli import REPO, run_cli
+from tests.helpers.events import read_events
 
 BACKBONES = ("conv4", "conv64f", "resnet12", "resnet18", "wrn28_10")
+# 32 px, 3-way 1-shot episodes with 2 queries: what a config fit needs to show it runs end to end
+SMALL_EPISODES = ["--data.image_size", "32", "--data.train_ways", "3", "--data.train_queries", "2",
+                  "--data.eval_ways", "3", "--data.eval_queries", "2"]
 
 
 @pytest.mark.slow
@@ -18,7 +22,7 @@ def test_synthetic_config_fits_with_fam_callback(backbone: str, tmp_path: Path, 
     run_cli(
         ["fit", "--config", str(config), "--data.data_dir", str(data_dir),
          "--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20",
-         "--data.image_size", "32", "--data.train_episodes", "2", "--data.val_episodes", "1",
+         *SMALL_EPISODES, "--data.train_episodes", "1", "--data.val_episodes", "1",
          "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
         cwd=tmp_path,
     )
@@ -30,7 +34,7 @@ def test_synthetic_config_fits_with_fam_callback(backbone: str, tmp_path: Path, 
 
 def test_real_cub_configs_name_the_placeholder_root(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="/path/to/CUB_200_2011"):
-        run_cli(["fit", "--config", str(REPO / "configs" / "fewshot" / "conv4_cub.yaml")], cwd=tmp_path, timeout=120)
+        run_cli(["fit", "--config", str(REPO / "configs" / "fewshot" / "conv4_cub.yaml")], cwd=tmp_path)
 
 
 @pytest.mark.slow
@@ -39,7 +43,7 @@ def test_four_episodes_per_step_config_takes_one_step_per_four_episodes(tmp_path
     run_cli(
         ["fit", "--config", str(config), "--data.data_dir", str(data_dir),
          "--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20",
-         "--data.image_size", "32", "--data.train_episodes", "8", "--data.val_episodes", "2",
+         *SMALL_EPISODES, "--data.train_episodes", "8", "--data.val_episodes", "1",
          "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
         cwd=tmp_path,
     )
@@ -56,7 +60,7 @@ def test_shuffled_label_config_trains_on_permuted_labels(tmp_path: Path, data_di
     run_cli(
         ["fit", "--config", str(config), "--data.data_dir", str(data_dir),
          "--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20",
-         "--data.image_size", "32", "--data.train_episodes", "2", "--data.val_episodes", "1",
+         *SMALL_EPISODES, "--data.train_episodes", "1", "--data.val_episodes", "1",
          "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
         cwd=tmp_path,
     )

@@ -10,8 +10,7 @@ import pytest
 
 from fam_lightning.metrics.bootstrap import bootstrap_ci, paired_bootstrap_ci
 from fam_lightning.tools import benchmark
-from tests.conftest import REPO, run_cli
-from tests.test_sanity_check import FITS
+from tests.helpers.cli import run_process
 
 EXPLAINERS = ["fam", "gradcam", "eigencam"]
 
@@ -66,16 +65,9 @@ def test_a_nonfinite_map_makes_the_explainers_figures_nan_never_a_number() -> No
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Path]:
-    """One tiny fit per family (few-shot, retrieval: its gallery pass returns no decisions) through train.py."""
-    out = {}
-    for family in ("few-shot", "retrieval"):
-        config, extra = FITS[family]
-        cwd = tmp_path_factory.mktemp(family)
-        run_cli(["fit", "--config", str(REPO / "configs" / config), *extra, "--data.data_dir", str(data_dir),
-                 "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"], cwd=cwd)
-        (out[family],) = cwd.glob("logs/*/version_0/checkpoints/last.ckpt")
-    return out
+def checkpoints(trained_checkpoint) -> dict[str, Path]:
+    """One tiny fit per family (few-shot, retrieval: its gallery pass returns no decisions), shared by the session."""
+    return {family: trained_checkpoint(family) for family in ("few-shot", "retrieval")}
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -113,8 +105,10 @@ def test_benchmark_explains_the_same_decisions_with_every_explainer(family: str,
 @pytest.mark.slow
 def test_correct_decisions_only_by_default_and_bad_flags_named(checkpoints, tmp_path: Path, capsys) -> None:
     ckpt = str(checkpoints["few-shot"])
-    benchmark.main(["--ckpt_path", ckpt, "--device", "cpu", "--explainers", "fam", "--decisions", "4", "--steps",
-                    "2", "--resamples", "100", "--out", str(tmp_path / "b"), "--no_progress"])
+    # fam-benchmark's one run in a process of its own (python benchmark.py, as a user runs it)
+    run_process(["--ckpt_path", ckpt, "--device", "cpu", "--explainers", "fam", "--decisions", "4", "--steps",
+                 "2", "--resamples", "100", "--out", str(tmp_path / "b"), "--no_progress"], tmp_path,
+                script="benchmark.py")
     header = (tmp_path / "b" / "summary.md").read_text()
     assert "4 correctly classified decisions of the test split" in header
     with pytest.raises(SystemExit):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_DATA_ARGS, read_events, run_cli
+from tests.helpers.cli import REPO, TINY_DATA_ARGS, run_cli
+from tests.helpers.events import read_events
 
 FAM_SCALARS = (
     "val/fam_energy_pointing_game",
@@ -74,11 +75,11 @@ def test_quickstart_fit_logs_fam_images_and_metrics_then_test_evaluates(tmp_path
 def test_config_typo_is_named(tmp_path: Path) -> None:
     config = REPO / "configs" / "quickstart.yaml"
     with pytest.raises(AssertionError, match="lrr"):
-        run_cli(["fit", "--config", str(config), "--model.init_args.lrr", "0.1"], cwd=tmp_path, timeout=120)
+        run_cli(["fit", "--config", str(config), "--model.init_args.lrr", "0.1"], cwd=tmp_path)
 
 
 def test_missing_cub_folder_is_named(tmp_path: Path) -> None:
     config = REPO / "configs" / "quickstart.yaml"
     missing = tmp_path / "no_such_CUB_200_2011"
     with pytest.raises(AssertionError, match="no_such_CUB_200_2011"):
-        run_cli(["fit", "--config", str(config), "--data.root", str(missing)], cwd=tmp_path, timeout=120)
+        run_cli(["fit", "--config", str(config), "--data.root", str(missing)], cwd=tmp_path)

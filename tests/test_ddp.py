@@ -17,13 +17,14 @@ from fam_lightning.metrics import (
     IncreaseInConfidence,
     LocalizationIoU,
 )
-from tests.conftest import REPO, TINY_DATA_ARGS, read_events, run_cli
-from tests.distributed_helpers import free_port
+from tests.helpers.cli import REPO, TINY_DATA_ARGS, run_process
+from tests.helpers.events import read_events
+from tests.helpers.distributed import free_port
 
 
 @pytest.mark.slow
 def test_two_process_ddp_fit_with_fam_callback(tmp_path: Path, data_dir: Path) -> None:
-    run_cli(
+    run_process(
         ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), *TINY_DATA_ARGS,
          "--data.data_dir", str(data_dir), "--trainer.max_epochs", "2",
          "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"],

@@ -17,7 +17,7 @@ from fam_lightning.loading import load_model
 from fam_lightning.models import FewShotClassifier
 from fam_lightning.similarity import mean_similarity
 from fam_lightning.tools import explain
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 
 MODEL_CLASS = "fam_lightning.models.FewShotClassifier"
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,20 +12,12 @@ import lightning as L
 import pytest
 import torch
 
-from fam_lightning.datamodules import FewShotDataModule
 from fam_lightning.cli import resume_command
-from fam_lightning.models import FewShotClassifier
 from fam_lightning.reliability import NonFiniteLossError, check_finite_loss
-from tests.conftest import REPO, TINY_DATA_ARGS
-from tests.test_resume import Recorder, _assert_same_run, _fewshot
+from tests.helpers.cli import REPO, TINY_DATA_ARGS, popen, run_cli
+from tests.helpers.tiny import Recorder, assert_same_run, tiny_fewshot
 
 QUICKSTART = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), *TINY_DATA_ARGS]
-
-
-def _train_py(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_check_finite_loss_names_the_step_and_every_term() -> None:
@@ -38,7 +28,7 @@ def test_check_finite_loss_names_the_step_and_every_term() -> None:
 
 
 def test_nan_scores_give_nan_accuracy_and_are_counted(tmp_path: Path, data_dir: Path) -> None:
-    model, data = _fewshot(data_dir)
+    model, data = tiny_fewshot(data_dir)
     with torch.no_grad():
         next(model.backbone.parameters()).fill_(float("nan"))
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
@@ -49,9 +39,9 @@ def test_nan_scores_give_nan_accuracy_and_are_counted(tmp_path: Path, data_dir: 
 
 
 def test_diverged_fit_exits_nonzero_names_the_step_and_keeps_no_checkpoint(tmp_path: Path, data_dir: Path) -> None:
-    proc = _train_py([*QUICKSTART, "--data.data_dir", str(data_dir), "--trainer.max_epochs", "2",
-                      "--data.train_episodes", "30", "--model.init_args.lr", "1e6"], tmp_path)
-    _, err = proc.communicate(timeout=600)
+    proc = run_cli([*QUICKSTART, "--data.data_dir", str(data_dir), "--trainer.max_epochs", "2",
+                    "--data.train_episodes", "30", "--model.init_args.lr", "1e6"], tmp_path, check=False)
+    err = proc.stderr
     assert proc.returncode != 0
     match = re.search(r"NonFiniteLossError: non-finite training loss at global step (\d+): loss=", err)
     assert match, err[-3000:]
@@ -63,9 +53,9 @@ def test_diverged_fit_exits_nonzero_names_the_step_and_keeps_no_checkpoint(tmp_p
 
 def test_sigterm_saves_a_checkpoint_exits_nonzero_and_prints_the_resume_command(tmp_path: Path, data_dir: Path) -> None:
     marker = tmp_path / "first_step_done"
-    args = [*QUICKSTART, "--data.data_dir", str(data_dir), "--trainer.max_epochs", "3",
-            "--trainer.callbacks+=tests.marker_callback.StepMarker", f"--trainer.callbacks.path={marker}"]
-    proc = _train_py(args, tmp_path)
+    args = [*QUICKSTART, "--data.data_dir", str(data_dir), "--trainer.max_epochs", "2",
+            "--trainer.callbacks+=tests.helpers.callbacks.StepMarker", f"--trainer.callbacks.path={marker}"]
+    proc = popen(args, tmp_path)
     deadline = time.monotonic() + 600
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -81,11 +71,9 @@ def test_sigterm_saves_a_checkpoint_exits_nonzero_and_prints_the_resume_command(
     checkpoint = torch.load(saved, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] >= 1 and "state_dict" in checkpoint
 
-    # the printed command resumes and finishes the run
-    resumed = _train_py(last.split()[2:-2] + ["--ckpt_path", str(saved)], tmp_path)
-    out, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
-    assert "Resuming mid-epoch" in err + out
+    # the printed command resumes and finishes the run (in this process: the signal part is done)
+    resumed = run_cli(last.split()[2:-2] + ["--ckpt_path", str(saved)], tmp_path)
+    assert "Resuming mid-epoch" in resumed.stderr + resumed.stdout
 
 
 def test_resume_command_replaces_an_earlier_ckpt_path() -> None:
@@ -121,21 +109,21 @@ def test_mid_epoch_interrupt_resumes_exactly(tmp_path: Path, data_dir: Path) -> 
         ), recorder
 
     straight = trainer(tmp_path / "a")
-    straight[0].fit(*_fewshot(data_dir))
+    straight[0].fit(*tiny_fewshot(data_dir))
 
     stopped = trainer(tmp_path / "b", _StopAt(1, 1))
     with pytest.raises(SIGTERMException):
-        stopped[0].fit(*_fewshot(data_dir))
+        stopped[0].fit(*tiny_fewshot(data_dir))
     saved = tmp_path / "b" / "checkpoints" / "interrupted.ckpt"
     assert saved.exists()
     resumed = trainer(tmp_path / "c")
-    resumed[0].fit(*_fewshot(data_dir), ckpt_path=str(saved))
+    resumed[0].fit(*tiny_fewshot(data_dir), ckpt_path=str(saved))
     # stopped at the end of epoch 1's batch 1: the resumed run starts at batch 2; the epoch-level
     # train means restart, so the logged values compared are validation's and epoch 2's
     straight[1].batches = [b for b in straight[1].batches if (b[0], b[1]) >= (1, 2)]
     straight[1].metrics = {k: v for k, v in straight[1].metrics.items() if k[0] >= 2 or k[1].startswith("val/")}
     resumed[1].metrics = {k: v for k, v in resumed[1].metrics.items() if k[0] >= 2 or k[1].startswith("val/")}
-    _assert_same_run(straight, resumed, first_epoch=1)
+    assert_same_run(straight, resumed, first_epoch=1)
 
 
 class _PoisonAfterLastStep(L.Callback):
@@ -150,7 +138,7 @@ class _PoisonAfterLastStep(L.Callback):
 def test_weights_that_diverged_on_the_last_step_are_never_validated_or_saved(tmp_path: Path, data_dir: Path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    model, data = _fewshot(data_dir)
+    model, data = tiny_fewshot(data_dir)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/acc", mode="max", save_last=True)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         num_sanity_val_steps=0, callbacks=[checkpoints, _PoisonAfterLastStep()], default_root_dir=tmp_path)

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fam_lightning.memory import FeatureQueue, MemoryBank, gather_from_all_ranks
-from tests.distributed_helpers import free_port
+from tests.helpers.distributed import free_port
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

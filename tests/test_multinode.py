@@ -3,7 +3,7 @@ one model of each family trains for two epochs; the few-shot run's resume from e
 
 Each node runs in its own working directory, as on machines without a shared disk: node 1 must
 write no log, event file or checkpoint; what node 0 writes is checked for duplicates. What every
-rank saw and holds comes from ``tests.multinode_probe.RankProbe``.
+rank saw and holds comes from ``tests.helpers.callbacks.RankProbe``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_DATA_ARGS, read_events
-from tests.distributed_helpers import run_nodes
+from tests.helpers.cli import REPO, TINY_DATA_ARGS
+from tests.helpers.events import read_events
+from tests.helpers.distributed import run_nodes
 
 TWO_NODES = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "2",
              "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false"]
@@ -43,7 +44,7 @@ def _args(family: str, data_dir: Path, probe_dir: Path, epochs_dir: Path) -> lis
     config, _, _, extra = FAMILIES[family]
     return [
         "fit", "--config", str(REPO / "configs" / config), *extra, "--data.data_dir", str(data_dir), *TWO_NODES,
-        "--trainer.callbacks+=tests.multinode_probe.RankProbe", f"--trainer.callbacks.out_dir={probe_dir}",
+        "--trainer.callbacks+=tests.helpers.callbacks.RankProbe", f"--trainer.callbacks.out_dir={probe_dir}",
         # one checkpoint per epoch (beside the config's last / best): the resume starts from epoch 0
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", f"--trainer.callbacks.dirpath={epochs_dir}",
         "--trainer.callbacks.filename=epoch{epoch}", "--trainer.callbacks.save_top_k=-1",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fam_lightning.reliability import FiniteLossGuard, NonFiniteLossError
-from tests.test_resume import _fewshot
+from tests.helpers.tiny import tiny_fewshot
 
 NAN, INF = float("nan"), float("inf")
 
@@ -58,7 +58,7 @@ TRAIN_BATCHES = 8
 def _diverge(mode: str, data_dir: Path, root: Path, every_step: bool) -> tuple[int, _Steps, str]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    model, data = _fewshot(data_dir)
+    model, data = tiny_fewshot(data_dir)
     data.train_episodes = TRAIN_BATCHES
     model.hparams.lr = 1e6
     model.nonfinite_check = mode

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, read_events, run_cli
+from tests.helpers.cli import REPO, run_cli, run_process
+from tests.helpers.events import read_events
 
 
 @pytest.mark.slow
@@ -33,7 +34,7 @@ def test_retrieval_fit_logs_recall_and_fam(loss: str, tmp_path: Path, data_dir: 
 @pytest.mark.slow
 def test_two_process_ddp_retrieval_matches_gallery_size(tmp_path: Path, data_dir: Path) -> None:
     """Each rank embeds half the gallery; gathered, Recall@K is over the whole test split."""
-    run_cli(
+    run_process(
         ["fit", "--config", str(REPO / "configs" / "retrieval" / "ms_synthetic.yaml"),
          "--data.data_dir", str(data_dir), "--data.synthetic_classes", "24",
          "--data.synthetic_images_per_class", "20", "--data.image_size", "32",

@@ -15,36 +15,16 @@ import torch
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, load_model, read_checkpoint
 from fam_lightning.tools import sanity
-from tests.conftest import REPO, TINY_DATA_ARGS, run_cli
+from tests.helpers.cli import REPO
+from tests.helpers.tiny import FITS
 
-# family -> (config, tiny arguments); one epoch each
-FITS = {
-    "few-shot": ("quickstart.yaml", [*TINY_DATA_ARGS]),
-    "memory bank": (
-        "contrastive/npid_synthetic.yaml",
-        ["--data.image_size", "32", "--data.batch_size", "16", "--data.synthetic_train_per_class", "8",
-         "--data.synthetic_val_per_class", "4", "--model.init_args.knn_k", "10",
-         "--model.init_args.nce_negatives", "16", "--data.num_workers", "0"],
-    ),
-    "retrieval": (
-        "retrieval/ms_synthetic.yaml",
-        ["--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20", "--data.image_size", "32",
-         "--data.train_batches", "2", "--data.explain_queries", "8", "--model.init_args.backbone", "conv4"],
-    ),
-}
 TOP_LAYERS = {"few-shot": "backbone.features.3.1", "memory bank": "projection", "retrieval": "projection"}
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Path]:
-    """One tiny fit per family through train.py, as a user makes them."""
-    out = {}
-    for family, (config, extra) in FITS.items():
-        cwd = tmp_path_factory.mktemp(family.replace(" ", "_"))
-        run_cli(["fit", "--config", str(REPO / "configs" / config), *extra, "--data.data_dir", str(data_dir),
-                 "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"], cwd=cwd)
-        (out[family],) = cwd.glob("logs/*/version_0/checkpoints/last.ckpt")
-    return out
+def checkpoints(trained_checkpoint) -> dict[str, Path]:
+    """One tiny fit per family through train.py, as a user makes them (shared by the session)."""
+    return {family: trained_checkpoint(family) for family in FITS}
 
 
 def _args(ckpt: Path, **overrides) -> argparse.Namespace:

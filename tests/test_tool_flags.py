@@ -14,7 +14,7 @@ from fam_lightning.models import FewShotClassifier
 from fam_lightning.report import FEWSHOT_COLUMNS, RETRIEVAL_COLUMNS
 from fam_lightning.tools import evaluate, explain, sanity
 from fam_lightning.tools.common import ToolParser, add_checkpoint_arguments, parse_tool_args, split_dotted
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 
 MODEL_CLASS = "fam_lightning.models.FewShotClassifier"
 DATA_CLASS = "fam_lightning.datamodules.FewShotDataModule"

@@ -15,7 +15,8 @@ from fam_lightning.backbones import build_backbone, create_backbone
 from fam_lightning.backbones.weights import read_state_dict_file
 from fam_lightning.explainers import FAMExplainer
 from fam_lightning.models import FewShotClassifier
-from tests.conftest import REPO, read_events, run_cli
+from tests.helpers.cli import REPO, run_cli
+from tests.helpers.events import read_events
 
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, read_events, run_cli
+from tests.helpers.cli import REPO, run_cli
+from tests.helpers.events import read_events
 
 # depth 1 and a 48 px input (a 4 x 4 grid with 12 px patches): the config's model, built smaller
 SMALL_VIT = ["--model.init_args.backbone_kwargs",

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from fam_lightning.callbacks import FAMCallback
 from fam_lightning.datamodules import FewShotDataModule
 from fam_lightning.models import FewShotClassifier
-from tests.conftest import read_events
+from tests.helpers.events import read_events
 
 TINY = {
     "synthetic_classes": 24, "synthetic_images_per_class": 20, "image_size": 48,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, read_events, run_cli
+from tests.helpers.cli import REPO, run_cli
+from tests.helpers.events import read_events
 
 
 def _fit(config: str, args: list[str], tmp_path: Path, data_dir: Path, name: str) -> dict[str, list[tuple[int, float]]]:

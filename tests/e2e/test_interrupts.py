@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fam_lightning.callbacks import ModelCheckpoint
 from fam_lightning.callbacks.guards import INTERRUPTED_NAME, InterruptCheckpoint
-from tests.test_resume import Recorder, _assert_same_run, _fewshot
+from tests.helpers.tiny import Recorder, assert_same_run, tiny_fewshot
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -67,7 +67,7 @@ def _trainer(root: Path, *extra: L.Callback, guard: InterruptCheckpoint | None =
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[L.Trainer, Recorder]:
     run = _trainer(tmp_path_factory.mktemp("straight"))
-    run[0].fit(*_fewshot(data_dir))
+    run[0].fit(*tiny_fewshot(data_dir))
     return run
 
 
@@ -84,7 +84,7 @@ def test_an_interrupt_anywhere_resumes_to_the_straight_run_bit_for_bit(
     guard = InterruptCheckpoint()
     stopped = _trainer(tmp_path / "stopped", _Interrupt(guard, where, how), guard=guard)
     with pytest.raises(SIGTERMException):
-        stopped[0].fit(*_fewshot(data_dir))
+        stopped[0].fit(*tiny_fewshot(data_dir))
     saved = tmp_path / "stopped" / "checkpoints" / INTERRUPTED_NAME
     assert guard.saved_path == saved and saved.is_file()
     assert guard.signal_number == (signal.SIGINT if how == "sigint" else signal.SIGTERM)
@@ -102,7 +102,7 @@ def test_an_interrupt_anywhere_resumes_to_the_straight_run_bit_for_bit(
         assert last["epoch"] == epoch
 
     resumed = _trainer(tmp_path / "resumed")
-    resumed[0].fit(*_fewshot(data_dir), ckpt_path=str(saved))
+    resumed[0].fit(*tiny_fewshot(data_dir), ckpt_path=str(saved))
     stop_step = checkpoint["global_step"]
     # compare what the resumed run did: the batches after the stop and every validation after it;
     # epoch means of train/* restart at a mid-epoch resume, so they are compared from the next epoch on
@@ -114,7 +114,7 @@ def test_an_interrupt_anywhere_resumes_to_the_straight_run_bit_for_bit(
                            if (k[0] > first_epoch or k[1].startswith("val/")) and k[0] >= first_epoch}
     got = resumed[1]
     got.metrics = {k: v for k, v in got.metrics.items() if k[0] > first_epoch or k[1].startswith("val/")}
-    _assert_same_run(expected, resumed, first_epoch=first_epoch)
+    assert_same_run(expected, resumed, first_epoch=first_epoch)
 
 
 class _FallingMetric(L.Callback):
@@ -130,7 +130,7 @@ def test_last_ckpt_is_the_latest_epoch_when_the_monitored_metric_falls(tmp_path:
     trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
                         callbacks=[checkpoints, _FallingMetric()], default_root_dir=tmp_path)
-    trainer.fit(*_fewshot(data_dir))
+    trainer.fit(*tiny_fewshot(data_dir))
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == EPOCHS - 1 and last["global_step"] == trainer.global_step
     assert [p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")] == ["best-epoch=0.ckpt"]

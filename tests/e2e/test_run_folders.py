@@ -18,7 +18,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from fam_lightning.checkpoint_io import AtomicCheckpointIO
 from fam_lightning.cli import main
 from fam_lightning.runs import claim_version
-from tests.conftest import REPO, TINY_DATA_ARGS, read_events
+from tests.helpers.cli import REPO, TINY_DATA_ARGS
+from tests.helpers.events import read_events
 
 QUICKSTART = ["--config", str(REPO / "configs" / "quickstart.yaml"), *TINY_DATA_ARGS,
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

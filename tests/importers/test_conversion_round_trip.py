@@ -20,7 +20,7 @@ import torch
 
 from fam_lightning.datamodules import ContrastiveDataModule
 from fam_lightning.datamodules.synthetic_imagenet import write_synthetic_imagenet
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 from tests.importers.published_files import (
     embed, lemniscate_knn, source_resnet18, write_lemniscate_checkpoint, write_moco_checkpoint,
 )

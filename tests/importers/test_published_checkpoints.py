@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fam_lightning.importers import PublishedCheckpointError, read_published_checkpoint
 from fam_lightning.models import MemoryBankModel
-from tests.conftest import REPO, run_cli
+from tests.helpers.cli import REPO, run_cli
 from tests.importers.published_files import (
     DIM, embed, lemniscate_knn, source_resnet18, write_lemniscate_checkpoint, write_moco_checkpoint,
 )
@@ -165,7 +164,7 @@ def test_a_checkpoint_saved_after_import_reloads_without_the_original_file(tmp_p
 def test_converter_writes_a_lightning_checkpoint_that_loads_safely(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from fam_lightning.importers.__main__ import main
+    from fam_lightning.tools.convert import main
     from fam_lightning.loading import load_model, read_checkpoint
 
     source = source_resnet18("linear", seed=0)

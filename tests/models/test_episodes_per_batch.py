@@ -12,7 +12,8 @@ from fam_lightning.datamodules.fewshot import FewShotDataModule
 from fam_lightning.metrics import EpisodeAccuracy
 from fam_lightning.models import FewShotClassifier
 from fam_lightning.reliability import NonFiniteCount
-from tests.conftest import REPO, TINY_DATA_ARGS, read_events, run_cli
+from tests.helpers.cli import REPO, TINY_DATA_ARGS, run_cli
+from tests.helpers.events import read_events
 
 WAYS, SHOTS, QUERIES, SIZE, CLASSES = 3, 2, 4, 32, 6
 

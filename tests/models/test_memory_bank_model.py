@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fam_lightning.callbacks import FAMCallback
 from fam_lightning.explainers import FAMExplainer
 from fam_lightning.models import MemoryBankModel
 from fam_lightning.similarity import mean_similarity
-from tests.conftest import REPO, read_events, run_cli
+from tests.helpers.cli import REPO, run_process
+from tests.helpers.events import read_events
 
 
 def _model(method: str = "npid", head: str = "linear") -> MemoryBankModel:
@@ -121,7 +121,7 @@ def test_checkpoint_restores_bank_and_queue_exactly(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["npid", "moco"])
 def test_two_process_ddp_fit_every_rank_ends_with_the_same_bank(method: str, tmp_path: Path, data_dir: Path) -> None:
     dump = tmp_path / "banks"
-    run_cli(
+    run_process(
         ["fit", "--config", str(REPO / "configs" / "contrastive" / f"{method}_synthetic.yaml"),
          "--data.data_dir", str(data_dir), "--data.image_size", "32", "--data.batch_size", "16",
          "--data.synthetic_train_per_class", "8", "--data.synthetic_val_per_class", "4",
@@ -129,7 +129,7 @@ def test_two_process_ddp_fit_every_rank_ends_with_the_same_bank(method: str, tmp
          "--model.init_args.queue_size", "64", "--data.num_workers", "0",
          "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
          "--trainer.strategy", "ddp", "--trainer.log_every_n_steps", "1",
-         "--trainer.callbacks+=tests.bank_dump.DumpBank", f"--trainer.callbacks.out_dir={dump}"],
+         "--trainer.callbacks+=tests.helpers.callbacks.DumpBank", f"--trainer.callbacks.out_dir={dump}"],
         cwd=tmp_path,
     )
     rank0, rank1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")

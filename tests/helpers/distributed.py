@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 
 
 def free_port() -> int:

@@ -1,22 +1,53 @@
-"""Test-only callback for the multi-node tests: what every rank saw, logged and ended with.
+"""Test-only callbacks that configs name by class path (``tests.helpers.callbacks.<Name>``).
 
-Each rank writes ``<out_dir>/rank<global rank>.pt`` at the end of fit:
-its ranks and world, a fingerprint (sum of every floating tensor, float64) of
-each training and validation batch, the dataset indices of the validation
-batches that carry them, every ``val/*`` value of ``trainer.callback_metrics``
-after each validation (what the logger receives, as that rank holds it), the
-final weights and, for memory-bank models, the bank and queue.
+- :class:`StepMarker`: announces the first finished training step through a file (room for a signal).
+- :class:`DumpBank`: every rank saves its memory bank and queue at the end of fit.
+- :class:`RankProbe` (the multi-node tests): what every rank saw, logged and ended with. Each rank writes
+  ``<out_dir>/rank<global rank>.pt`` at the end of fit: its ranks and world, a fingerprint (sum of every
+  floating tensor, float64) of each training and validation batch, the dataset indices of the validation
+  batches that carry them, every ``val/*`` value of ``trainer.callback_metrics`` after each validation (what
+  the logger receives, as that rank holds it), the final weights and, for memory-bank models, the bank and queue.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 
-from tests.bank_dump import bank_state
+
+class StepMarker(Callback):
+    """Touch ``path`` after the first training batch; then wait ``pause`` seconds per batch (room for a signal)."""
+
+    def __init__(self, path: str, pause: float = 0.5) -> None:
+        self.path = Path(path)
+        self.pause = pause
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.path.touch()
+        time.sleep(self.pause)
+
+
+def bank_state(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+    """The memory bank, its labels and (MoCo) the queue and its pointer, on the CPU."""
+    state = {"bank": pl_module.bank.bank.cpu(), "labels": pl_module.bank.labels.cpu()}
+    if pl_module.queue is not None:
+        state["queue"] = pl_module.queue.queue.cpu()
+        state["ptr"] = pl_module.queue.ptr.cpu()
+    return state
+
+
+class DumpBank(L.Callback):
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(bank_state(pl_module), self.out_dir / f"rank{trainer.global_rank}.pt")
 
 
 def fingerprint(batch: Any) -> float:
