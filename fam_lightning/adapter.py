@@ -36,9 +36,9 @@ from torch import Tensor, nn
 
 from fam_lightning import fam
 from fam_lightning.backbones.tokens import TokenGrid
+from fam_lightning.similarity import SIMILARITIES
 
 POOLINGS = ("gap", "gmp", "lse")
-SIMILARITIES = ("cosine", "euclidean", "dot")
 
 
 class _Captured(Exception):

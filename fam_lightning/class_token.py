@@ -41,7 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from fam_lightning.explainers._attention import capture_attention
-from fam_lightning.fam import _reference_mixture, _similarity_coefficients, held_norm_statistics
+from fam_lightning.fam import _reference_mixture, _similarity_coefficients
+from fam_lightning.held_norms import held_norm_statistics
 from fam_lightning.similarity import mean_similarity
 
 

@@ -19,16 +19,16 @@ The chain, for a query image with last-conv feature maps ``A`` (B, C, h, w):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fam_lightning.held_norms import held_norm_statistics
+from fam_lightning.similarity import SIMILARITIES, mean_similarity
+
 POOLING_METHODS = ("gap", "gmp", "lse")
-SIMILARITIES = ("cosine", "euclidean", "dot")
 
 Projection = Tensor | nn.Module | None
 
@@ -292,47 +292,6 @@ def position_contributions(
     return torch.einsum("bc,bchw->bhw", grad.to(feature_maps.dtype), feature_maps) / (height * width)
 
 
-@contextmanager
-def held_norm_statistics(head: nn.Module) -> Iterator[None]:
-    """While active, every ``nn.LayerNorm`` in ``head`` (over the last dim) holds its per-sample std fixed.
-
-    The output value is unchanged; only its derivative changes: with ``sigma``
-    detached, ``LN(u) = gamma * (u - mean(u)) / sigma + b`` is affine in ``u``
-    (the centring is a linear map), so gradient x input through it is exact,
-    where the true LayerNorm, invariant to the scale of ``u``, would give
-    weights that sum to (almost) nothing. Like cosine's norms, ``sigma`` is
-    the statistic FAM holds fixed per sample.
-    """
-    handles = [
-        module.register_forward_hook(_held_layer_norm)
-        for module in head.modules()
-        if isinstance(module, nn.LayerNorm)
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _held_layer_norm(module: nn.LayerNorm, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-    (x,) = inputs[:1]
-    dims = tuple(range(-len(module.normalized_shape), 0))
-    if output.shape != x.shape or tuple(x.shape[-len(dims):]) != tuple(module.normalized_shape):
-        raise ValueError(
-            f"{type(module).__name__} in the head does not normalise the last dims of its (B, C) input "
-            f"{tuple(x.shape)}; use an nn.LayerNorm over the pooled features"
-        )
-    centred = x - x.mean(dim=dims, keepdim=True)
-    sigma = (centred.detach().square().mean(dim=dims, keepdim=True) + module.eps).sqrt()
-    held = centred / sigma
-    if module.weight is not None:
-        held = held * module.weight
-    if module.bias is not None:
-        held = held + module.bias
-    return held
-
-
 class Decomposition(NamedTuple):
     """A similarity split into channel contributions and what belongs to no channel.
 
@@ -356,8 +315,6 @@ def decompose(
     reference_weights: Tensor | None = None,
 ) -> Decomposition:
     """:func:`contribution_weights` plus the residual they leave, named (see :class:`Decomposition`)."""
-    from fam_lightning.similarity import mean_similarity
-
     weights = contribution_weights(query_features, references, similarity, projection, reference_weights)
     refs = references.unsqueeze(1) if references.dim() == 2 else references
     with torch.no_grad():

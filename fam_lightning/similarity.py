@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fam_lightning.fam import SIMILARITIES
+SIMILARITIES = ("cosine", "euclidean", "dot")
 
 
 def pairwise_similarity(queries: Tensor, references: Tensor, kind: str = "cosine") -> Tensor:

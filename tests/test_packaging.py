@@ -20,6 +20,7 @@ SCRIPTS = {
     "fam-evaluate": "fam_lightning.tools.evaluate:main",
     "fam-sanity": "fam_lightning.tools.sanity:main",
     "fam-benchmark": "fam_lightning.tools.benchmark:main",
+    "fam-convert": "fam_lightning.tools.convert:main",
 }
 
 

@@ -25,7 +25,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from fam_lightning.backbones.weights import strip_prefix, unwrap_state_dict

@@ -29,7 +29,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from fam_lightning.fam import SIMILARITIES
+from fam_lightning.similarity import SIMILARITIES
 
 __all__ = ["RecallAtK", "map_at_r", "recall_at_k"]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,8 +26,9 @@ from torch import Tensor, nn
 from fam_lightning import fam
 from fam_lightning.backbones import build_backbone
 from fam_lightning.metrics import EpisodeAccuracy
+from fam_lightning.models.base import SimilarityModule
 from fam_lightning.protocol import ExplanationInputs
-from fam_lightning.reliability import NonFiniteCount, ReliableTraining, nan_if_nonfinite
+from fam_lightning.reliability import NonFiniteCount, nan_if_nonfinite
 from fam_lightning.similarity import class_scores
 
 EPISODE_KEYS = ("support", "query", "support_target", "query_target", "support_class", "query_class")
@@ -46,7 +46,7 @@ class UncertaintyWeighting(nn.Module):
         return (torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars).sum()
 
 
-class FewShotClassifier(ReliableTraining, L.LightningModule):
+class FewShotClassifier(SimilarityModule):
     """Episodic few-shot learner implementing :class:`fam_lightning.protocol.SimilarityModel`.
 
     Args:
@@ -70,8 +70,6 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
             backbones take the full model's state_dict (``fam_lightning.backbones.external``).
         backbone_kwargs: extra arguments of the backbone's factory.
     """
-
-    lse_r: float = 10.0
 
     def __init__(
         self,
@@ -108,21 +106,6 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
         self.test_accuracy = EpisodeAccuracy()
         # queries whose class scores hold inf / NaN: their argmax is no prediction
         self.val_nonfinite, self.test_nonfinite = NonFiniteCount(), NonFiniteCount()
-
-    # -- the SimilarityModel protocol -------------------------------------------------
-    def forward_features(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, C, h, w)."""
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone.forward_features(x)
-
-    def embed(self, feature_maps: Tensor) -> Tensor:
-        """(B, C, h, w) -> (B, C): pooling only, no projection head."""
-        return fam.embed(fam.pool(feature_maps, self.pooling, self.lse_r), self.projection)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, D) embeddings."""
-        return self.embed(self.forward_features(x))
 
     # -- setup --------------------------------------------------------------------------
     def _build_global_head(self, num_classes: int) -> None:
@@ -298,9 +281,7 @@ class FewShotClassifier(ReliableTraining, L.LightningModule):
             optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.scheduler == "none":
             return optimizer
-        max_epochs = self.trainer.max_epochs if self._trainer and self.trainer.max_epochs else 100
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, max_epochs))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return self.cosine_schedule(optimizer, default_epochs=100)
 
 
 def _stacked(batch: dict[str, Any]) -> bool:

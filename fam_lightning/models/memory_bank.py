@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,15 +26,17 @@ from torchmetrics import MeanMetric
 
 from fam_lightning import fam
 from fam_lightning.backbones import build_backbone
-from fam_lightning.importers import PublishedCheckpointError, import_into
-from fam_lightning.importers.bank import fill_bank
 from fam_lightning.knn import KNNIndex
 from fam_lightning.memory import FeatureQueue, MemoryBank, gather_from_all_ranks
+from fam_lightning.models.bank_data import BankData
+from fam_lightning.models.bank_fill import fill_bank
+from fam_lightning.models.base import SimilarityModule
+from fam_lightning.models.published import import_into
 from fam_lightning.protocol import ExplanationInputs
-from fam_lightning.reliability import NonFiniteCount, ReliableTraining, nan_if_nonfinite
+from fam_lightning.reliability import NonFiniteCount, nan_if_nonfinite
 
 
-class MemoryBankModel(ReliableTraining, L.LightningModule):
+class MemoryBankModel(BankData, SimilarityModule):
     """NPID or MoCo with kNN classification, implementing the SimilarityModel protocol.
 
     Args:
@@ -70,8 +71,6 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
 
     similarity = "cosine"
     pooling = "gap"
-    lse_r: float = 10.0
-
     def __init__(
         self,
         method: Literal["npid", "moco"] = "npid",
@@ -125,14 +124,8 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
             import_into(self, import_checkpoint)
 
     # -- protocol -----------------------------------------------------------------------
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.backbone.forward_features(x)
-
-    def embed(self, feature_maps: Tensor) -> Tensor:
-        """(B, C, h, w) -> (B, D) head output (unnormalised; cosine normalises)."""
-        return fam.embed(fam.pool(feature_maps, self.pooling, self.lse_r), self.projection)
-
     def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, D) unit embeddings (the rows the bank holds)."""
         return F.normalize(self.embed(self.forward_features(x)), dim=1)
 
     # -- setup --------------------------------------------------------------------------
@@ -166,61 +159,6 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self._use_datamodule(getattr(self.trainer, "datamodule", None), relabel=stage == "fit")
-
-    def attach_datamodule(self, datamodule: Any) -> None:
-        """Outside a Trainer (e.g. ``fam-sanity``): take the bank's size check, labels and, for an
-        imported MoCo, the training images its bank is computed from, from ``datamodule``."""
-        self._datamodule = datamodule
-        self._use_datamodule(datamodule, relabel=False)
-
-    def bank_datamodule(self) -> Any:
-        """The datamodule whose training set the bank rows are: the Trainer's, else the attached one."""
-        trainer_datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        return trainer_datamodule if trainer_datamodule is not None else getattr(self, "_datamodule", None)
-
-    def _use_datamodule(self, datamodule: Any, relabel: bool) -> None:
-        images = getattr(datamodule, "num_train_images", None)
-        if self.bank is None:
-            if images is None:
-                raise ValueError("MemoryBankModel needs bank_size or a datamodule with num_train_images")
-            self._build_bank(int(images))
-        elif images is not None and int(images) != self.bank.size:
-            # raised once the bank's file is known: at once for import_checkpoint, else when a Trainer
-            # restores its checkpoint (after setup), else when training / evaluation starts
-            self._bank_size_mismatch = (int(images), getattr(datamodule, "data_root", None))
-            if self.hparams.import_checkpoint is not None or self._trainer is None:
-                self._raise_bank_size_mismatch()
-            return
-        if self.hparams.num_classes is None and getattr(datamodule, "num_classes", None) is not None:
-            self.hparams["num_classes"] = int(datamodule.num_classes)
-        if relabel or bool((self.bank.labels < 0).all()):
-            self._labels_from_datamodule()
-
-    def _labels_from_datamodule(self) -> None:
-        """Bank labels = the datamodule's ``train_labels`` (the label of every training image), if it has them."""
-        labels = getattr(self.bank_datamodule(), "train_labels", None)
-        if labels is not None:
-            self.bank.set_labels(torch.as_tensor(labels, dtype=torch.long))
-
-    def _raise_bank_size_mismatch(self) -> None:
-        """Raise the bank-size mismatch :meth:`setup` found, naming the file the bank came from, if any."""
-        mismatch = getattr(self, "_bank_size_mismatch", None)
-        if mismatch is None:
-            return
-        images, root = mismatch
-        folder = f"{root}/train" if root is not None else "the datamodule's training set"
-        source = self.hparams.get("import_checkpoint") or (self._trainer.ckpt_path if self._trainer else None)
-        if source is None:
-            raise PublishedCheckpointError(
-                f"the memory bank has {self.bank.size} rows (bank_size) but {folder} has {images} images: use the "
-                f"training set the bank was built from, or for a new model set --model.init_args.bank_size {images} "
-                "or leave it null to read it from the data"
-            )
-        raise PublishedCheckpointError(
-            f"{source}: its memory bank has {self.bank.size} rows, one per training image, but {folder} has "
-            f"{images} images; data.root/train must be the training set the checkpoint was trained on "
-            "(the same images, whose sorted order gives the rows)"
-        )
 
     def on_train_start(self) -> None:
         self._raise_bank_size_mismatch()
@@ -400,6 +338,4 @@ class MemoryBankModel(ReliableTraining, L.LightningModule):
         optimizer = torch.optim.SGD(
             params, lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay
         )
-        epochs = self.trainer.max_epochs if self._trainer and self.trainer.max_epochs else 200
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return self.cosine_schedule(optimizer, default_epochs=200)

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fam_lightning import fam
 from fam_lightning.backbones import build_backbone
 from fam_lightning.distributed import gather_ragged
 from fam_lightning.knn import KNNIndex
 from fam_lightning.losses import MarginLoss, MultiSimilarityLoss
 from fam_lightning.metrics import RecallAtK
+from fam_lightning.models.base import SimilarityModule
 from fam_lightning.protocol import ExplanationInputs
-from fam_lightning.reliability import NonFiniteCount, ReliableTraining, nan_if_nonfinite
+from fam_lightning.reliability import NonFiniteCount, nan_if_nonfinite
 
 
-class RetrievalModel(ReliableTraining, L.LightningModule):
+class RetrievalModel(SimilarityModule):
     """Embedding model for image retrieval implementing the SimilarityModel protocol.
 
     Args:
@@ -47,8 +46,6 @@ class RetrievalModel(ReliableTraining, L.LightningModule):
     """
 
     similarity = "cosine"
-    lse_r: float = 10.0
-
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
@@ -81,16 +78,6 @@ class RetrievalModel(ReliableTraining, L.LightningModule):
         self._index: KNNIndex | None = None
 
     # -- protocol -----------------------------------------------------------------------
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.backbone.forward_features(x)
-
-    def embed(self, feature_maps: Tensor) -> Tensor:
-        """(B, C, h, w) -> (B, D) (unnormalised: cosine similarity normalises)."""
-        return fam.embed(fam.pool(feature_maps, self.pooling, self.lse_r), self.projection)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.embed(self.forward_features(x))
-
     # -- setup --------------------------------------------------------------------------
     def _build_margin(self, num_classes: int) -> None:
         self.criterion = MarginLoss(num_classes)
@@ -209,6 +196,4 @@ class RetrievalModel(ReliableTraining, L.LightningModule):
         ]
         groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        epochs = self.trainer.max_epochs if self._trainer and self.trainer.max_epochs else self.hparams.max_epochs_hint
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return self.cosine_schedule(optimizer, default_epochs=self.hparams.max_epochs_hint)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fam_lightning.importers import PublishedCheckpointError, read_published_checkpoint
-from fam_lightning.importers.__main__ import main as convert_main
+from fam_lightning.tools.convert import main as convert_main
 from fam_lightning.importers.safe_load import (
     ALLOWED_DESCRIPTION, LEMNISCATE_CLASSES, NAMESPACE_CLASS, THNN_BACKEND, PickledStandIn, allowed_globals,
     load_published_file,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +12,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from fam_lightning.memory import gather_from_all_ranks
-
-if TYPE_CHECKING:
-    from fam_lightning.models import MemoryBankModel
 
 
 class TrainingImages(Dataset):
@@ -32,8 +29,8 @@ class TrainingImages(Dataset):
 
 
 @torch.no_grad()
-def fill_bank(model: MemoryBankModel) -> None:
-    """Write ``normalize(model(image))`` of every training image into ``model.bank`` (with a progress bar).
+def fill_bank(model: Any) -> None:
+    """Write ``normalize(model(image))`` of every training image into ``model.bank`` (a MemoryBankModel's).
 
     The images come from ``model.bank_datamodule()`` (the Trainer's datamodule, or
     one given to ``attach_datamodule``). Under DDP each rank embeds a contiguous

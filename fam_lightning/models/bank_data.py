@@ -1,0 +1,80 @@
+"""A memory bank's link to its training data: the size check, the labels, the images it is computed from.
+
+The bank has one row per training image, in the data module's sorted order; its labels are the data
+module's ``train_labels``. A bank from a file (an imported NPID memory, a checkpoint) must have as many
+rows as the training folder has images: a mismatch is one sentence naming the file and the folder, raised
+once the file is known (at once for ``import_checkpoint``, else when the Trainer restores its checkpoint).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fam_lightning.importers import PublishedCheckpointError
+
+__all__ = ["BankData"]
+
+
+class BankData:
+    """Mixin of :class:`~fam_lightning.models.MemoryBankModel`: the bank's data module, size check, labels.
+
+    Expects ``self.bank`` (a :class:`~fam_lightning.memory.MemoryBank` or None), ``self.hparams`` and
+    ``self._build_bank(size)``.
+    """
+
+    def attach_datamodule(self, datamodule: Any) -> None:
+        """Outside a Trainer (e.g. ``fam-sanity``): take the bank's size check, labels and, for an
+        imported MoCo, the training images its bank is computed from, from ``datamodule``."""
+        self._datamodule = datamodule
+        self._use_datamodule(datamodule, relabel=False)
+
+    def bank_datamodule(self) -> Any:
+        """The datamodule whose training set the bank rows are: the Trainer's, else the attached one."""
+        trainer_datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        return trainer_datamodule if trainer_datamodule is not None else getattr(self, "_datamodule", None)
+
+    def _use_datamodule(self, datamodule: Any, relabel: bool) -> None:
+        images = getattr(datamodule, "num_train_images", None)
+        if self.bank is None:
+            if images is None:
+                raise ValueError("MemoryBankModel needs bank_size or a datamodule with num_train_images")
+            self._build_bank(int(images))
+        elif images is not None and int(images) != self.bank.size:
+            # raised once the bank's file is known: at once for import_checkpoint, else when a Trainer
+            # restores its checkpoint (after setup), else when training / evaluation starts
+            self._bank_size_mismatch = (int(images), getattr(datamodule, "data_root", None))
+            if self.hparams.import_checkpoint is not None or self._trainer is None:
+                self._raise_bank_size_mismatch()
+            return
+        if self.hparams.num_classes is None and getattr(datamodule, "num_classes", None) is not None:
+            self.hparams["num_classes"] = int(datamodule.num_classes)
+        if relabel or bool((self.bank.labels < 0).all()):
+            self._labels_from_datamodule()
+
+    def _labels_from_datamodule(self) -> None:
+        """Bank labels = the datamodule's ``train_labels`` (the label of every training image), if it has them."""
+        labels = getattr(self.bank_datamodule(), "train_labels", None)
+        if labels is not None:
+            self.bank.set_labels(torch.as_tensor(labels, dtype=torch.long))
+
+    def _raise_bank_size_mismatch(self) -> None:
+        """Raise the bank-size mismatch :meth:`setup` found, naming the file the bank came from, if any."""
+        mismatch = getattr(self, "_bank_size_mismatch", None)
+        if mismatch is None:
+            return
+        images, root = mismatch
+        folder = f"{root}/train" if root is not None else "the datamodule's training set"
+        source = self.hparams.get("import_checkpoint") or (self._trainer.ckpt_path if self._trainer else None)
+        if source is None:
+            raise PublishedCheckpointError(
+                f"the memory bank has {self.bank.size} rows (bank_size) but {folder} has {images} images: use the "
+                f"training set the bank was built from, or for a new model set --model.init_args.bank_size {images} "
+                "or leave it null to read it from the data"
+            )
+        raise PublishedCheckpointError(
+            f"{source}: its memory bank has {self.bank.size} rows, one per training image, but {folder} has "
+            f"{images} images; data.root/train must be the training set the checkpoint was trained on "
+            "(the same images, whose sorted order gives the rows)"
+        )
