@@ -4,6 +4,7 @@ entry points; installed, it imports and runs from any folder."""
 from __future__ import annotations
 
 import configparser
+import json
 import shutil
 import subprocess
 import sys
@@ -35,8 +36,56 @@ def test_every_package_of_the_tree_is_listed() -> None:
         for init in (ROOT / "fam_lightning").rglob("__init__.py")
         if init.parent != ROOT / "fam_lightning"
     }
-    in_tree |= {"fam_lightning", "fam_lightning.datamodules", "fam_lightning.callbacks"}
+    for installed, folder in (("fam_lightning.datamodules", "datamodules"), ("fam_lightning.callbacks", "callbacks")):
+        for sub in (ROOT / folder).rglob("*.py"):
+            in_tree.add(".".join([installed, *sub.parent.relative_to(ROOT / folder).parts]))
+    in_tree |= {"fam_lightning"}
     assert in_tree <= listed, f"packages missing from pyproject.toml: {sorted(in_tree - listed)}"
+    missing_init = sorted(p for p in in_tree if not _folder(p).joinpath("__init__.py").is_file())
+    assert not missing_init, f"package folders without __init__.py: {missing_init}"
+
+
+def _folder(package: str) -> Path:
+    parts = package.split(".")
+    if parts[1:2] in (["datamodules"], ["callbacks"]):
+        return ROOT.joinpath(*parts[1:])
+    return ROOT.joinpath(*parts)
+
+
+def test_version_is_the_one_pyproject_declares() -> None:
+    import fam_lightning
+
+    assert fam_lightning.__version__ == _pyproject()["project"]["version"]
+
+
+CHECKOUT_ONLY = ("fam_lightning.train", "fam_lightning.benchmarks", "fam_lightning.tests", "fam_lightning.configs",
+                 "datamodules", "callbacks")
+
+
+def _importable(python: str, names: tuple[str, ...], cwd: Path, env: dict[str, str] | None = None) -> dict[str, bool]:
+    code = (
+        "import importlib, json, sys\n"
+        "found = {}\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "        found[name] = True\n"
+        "    except ModuleNotFoundError:\n"
+        "        found[name] = False\n"
+        "print(json.dumps(found))\n"
+    )
+    result = subprocess.run([python, "-c", code, *names], cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_the_editable_install_has_one_name_per_module(tmp_path: Path) -> None:
+    """This venv's install (``-e .``): package names resolve from any folder, checkout-only names do not."""
+    found = _importable(sys.executable, ("fam_lightning.datamodules.fewshot", "fam_lightning.callbacks.fam",
+                                         *CHECKOUT_ONLY), cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert found["fam_lightning.datamodules.fewshot"] and found["fam_lightning.callbacks.fam"]
+    assert not any(found[name] for name in CHECKOUT_ONLY), found
 
 
 def test_entry_points_are_declared() -> None:
@@ -103,3 +152,14 @@ def test_installed_package_runs_from_another_folder(wheel: Path, tmp_path: Path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--data.help" in result.stdout or "--data CONFIG" in result.stdout
+    found = _importable(sys.executable, CHECKOUT_ONLY, cwd=elsewhere, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert not any(found.values()), f"an installed copy must not provide {[n for n, ok in found.items() if ok]}"
+
+
+@pytest.mark.slow
+def test_every_folder_of_datamodules_and_callbacks_is_in_the_wheel(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in ("datamodules", "callbacks"):
+        for source in (ROOT / folder).rglob("*.py"):
+            installed = f"fam_lightning/{folder}/{source.relative_to(ROOT / folder).as_posix()}"
+            assert installed in names, f"{installed} is missing from the wheel"
