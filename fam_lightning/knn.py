@@ -3,16 +3,17 @@
 ``KNNIndex`` holds a bank of N embeddings (and optionally their labels) and
 answers, for Q queries, the k most similar entries and a class vote:
 
-- ``backend="torch"``: chunked matmul + ``topk`` on the bank's device (CPU,
-  CUDA, any device torch runs on), no host copies, at most
-  ``min(chunk_size, max_chunk_bytes / (N x element size))`` queries' similarities
-  alive at once: a block of similarities never exceeds ``max_chunk_bytes``
-  (1 GiB by default) whatever the bank size (1.28 M x 128 on CPU: peak memory
-  the bank + ~1 GiB, ``benchmarks/scaling.py``). Exact.
-- ``backend="faiss"``: ``faiss.IndexFlatIP`` (cosine on L2-normalised rows,
-  dot) or ``faiss.IndexFlatL2`` (euclidean), also exact. faiss-gpu
-  (``GpuIndexFlat*``) when ``faiss.StandardGpuResources`` exists and the bank
-  is on CUDA; otherwise faiss-cpu (a CUDA bank is then copied to the host).
+- ``backend="torch"`` (:mod:`fam_lightning.knn_torch`): chunked matmul +
+  ``topk`` on the bank's device (CPU, CUDA, any device torch runs on), no
+  host copies; one block of at most ``min(chunk_size, max_chunk_bytes / (N x
+  element size))`` queries' similarities, allocated once per search and
+  reused: a block never exceeds ``max_chunk_bytes`` (1 GiB by default)
+  whatever the bank size (1.28 M x 128 on CPU: peak memory the bank + ~1 GiB,
+  ``benchmarks/scaling.py``). Exact.
+- ``backend="faiss"`` (:mod:`fam_lightning.knn_faiss`): ``faiss.IndexFlatIP``
+  (cosine on L2-normalised rows, dot) or ``faiss.IndexFlatL2`` (euclidean),
+  also exact; faiss-gpu (``GpuIndexFlat*``) when ``faiss.StandardGpuResources``
+  exists and the bank is on CUDA, otherwise faiss-cpu (on a host copy).
 - ``backend="auto"``: faiss-gpu when faiss was built with GPU support, sees a
   GPU and the bank is on CUDA (``requirements-gpu.txt``:
   ``faiss-gpu-cu13-cuvs``); the torch backend otherwise. On CPU the torch
@@ -37,61 +38,20 @@ embeddings), classify each rank's own queries, and reduce the accuracies.
 
 from __future__ import annotations
 
-import functools
-from types import ModuleType
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fam_lightning import knn_torch
+from fam_lightning.knn_faiss import FAISS_GPU_MAX_K, FaissFlatIndex, _faiss, faiss_available, faiss_gpu_available
+
 __all__ = ["BACKENDS", "METRICS", "KNNIndex", "faiss_available", "faiss_gpu_available", "topk_accuracy"]
+__all__ += ["FAISS_GPU_MAX_K", "_faiss"]  # re-exported: benchmarks/knn.py and older code import them from here
 
 BACKENDS = ("auto", "torch", "faiss")
 METRICS = ("cosine", "dot", "euclidean")
-
-# faiss-gpu's flat index answers k <= 2048; larger k falls back to the torch backend.
-FAISS_GPU_MAX_K = 2048
-
-
-@functools.lru_cache(maxsize=1)
-def _faiss() -> ModuleType | None:
-    try:
-        import faiss
-    except ImportError:
-        return None
-    return faiss
-
-
-def faiss_available() -> bool:
-    """Whether ``import faiss`` works (faiss-cpu or faiss-gpu)."""
-    return _faiss() is not None
-
-
-def faiss_gpu_available() -> bool:
-    """Whether faiss was built with GPU support and sees a GPU."""
-    faiss = _faiss()
-    return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-# Blocks of at least this many bytes are checked against the device's available memory first.
-_CHECKED_BLOCK_BYTES = 2**28
-
-
-def _available_bytes(device: torch.device) -> int | None:
-    """Memory available for a new allocation on ``device`` (None when unknown)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as meminfo:
-                for line in meminfo:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-    return None
 
 
 def _shape(x: object) -> object:
@@ -153,7 +113,7 @@ class KNNIndex:
         self._sq_norms: Tensor | None = None  # (N,) |x|^2, euclidean only
         self._pending_rows: list[Tensor] = []
         self._pending_labels: list[Tensor] = []
-        self._faiss_index: Any = None
+        self._faiss_index: FaissFlatIndex | None = None
         self._faiss_count = 0  # rows already inside the faiss index
         self._size = 0
         self._dim: int | None = None
@@ -261,37 +221,10 @@ class KNNIndex:
         return self._device is not None and self._device.type == "cuda" and faiss_gpu_available()
 
     def _faiss_add(self, rows: Tensor) -> None:
-        faiss = _faiss()
         if self._faiss_index is None:
-            flat = faiss.IndexFlatL2 if self.metric == "euclidean" else faiss.IndexFlatIP
-            if self._uses_faiss_gpu():
-                import faiss.contrib.torch_utils  # noqa: F401  (lets faiss take torch CUDA tensors)
-
-                gpu_flat = faiss.GpuIndexFlatL2 if self.metric == "euclidean" else faiss.GpuIndexFlatIP
-                config = faiss.GpuIndexFlatConfig()
-                config.device = self._device.index if self._device.index is not None else torch.cuda.current_device()
-                self._faiss_resources = faiss.StandardGpuResources()
-                self._faiss_index = gpu_flat(self._faiss_resources, self._dim, config)
-            else:
-                self._faiss_index = flat(self._dim)
-        if rows.shape[0]:
-            self._faiss_index.add(self._to_faiss(rows))
-        self._faiss_count += rows.shape[0]
-
-    def _to_faiss(self, x: Tensor) -> Any:
-        if self._uses_faiss_gpu():
-            return x.to(self._device, torch.float32).contiguous()
-        return x.to("cpu", torch.float32).contiguous().numpy()
-
-    def _search_faiss(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        q = queries.detach()
-        if self.metric == "cosine":
-            q = F.normalize(q.float(), dim=1)
-        distances, indices = self._faiss_index.search(self._to_faiss(q), k)
-        if not isinstance(distances, Tensor):
-            distances, indices = torch.from_numpy(distances), torch.from_numpy(indices)
-        similarities = -distances if self.metric == "euclidean" else distances
-        return similarities, indices.long()
+            self._faiss_index = FaissFlatIndex(self.metric, self._dim, self._device, self._uses_faiss_gpu())
+        self._faiss_index.add(rows)
+        self._faiss_count = self._faiss_index.count
 
     # ---------------------------------------------------------------- torch
 
@@ -302,18 +235,8 @@ class KNNIndex:
             q = F.normalize(q, dim=1)
         if q.shape[0] == 0:
             return rows.new_empty(0, k), torch.empty(0, k, dtype=torch.long, device=rows.device)
-        similarities, indices = [], []
-        for block in q.split(self.block_queries(q.shape[0])):
-            scores = block @ rows.t()  # (c, N)
-            if self.metric == "euclidean":
-                # -|q - x|^2 = 2 q.x - |x|^2 - |q|^2; the last term does not change the ranking.
-                values, idx = scores.mul_(2).sub_(self._sq_norms).topk(k, dim=1)
-                values = (values - block.square().sum(1, keepdim=True)).clamp_max_(0)
-            else:
-                values, idx = scores.topk(k, dim=1)
-            similarities.append(values)
-            indices.append(idx)
-        return torch.cat(similarities), torch.cat(indices)
+        sq_norms = self._sq_norms if self.metric == "euclidean" else None
+        return knn_torch.search_blocks(rows, q, k, self.block_queries(q.shape[0]), sq_norms)
 
     def block_queries(self, num_queries: int | None = None) -> int:
         """Queries per matmul block of the torch backend for the current bank.
@@ -321,31 +244,13 @@ class KNNIndex:
         ``min(chunk_size, max_chunk_bytes // (N x element size))``; raises a
         ``MemoryError`` naming the sizes and the options when not even one
         query's similarities fit ``max_chunk_bytes``, or when the block would
-        not fit in the memory available on the bank's device.
+        not fit in the memory available on the bank's device
+        (:func:`fam_lightning.knn_torch.block_queries`).
         """
         self._consolidate()
         if self._rows is None:
             raise ValueError("the index is empty; call add() first")
-        size, row_bytes = self._size, self._size * self._rows.element_size()
-        if row_bytes > self.max_chunk_bytes:
-            raise MemoryError(
-                f"kNN over a bank of {size} x {self._dim}: one query's similarities take {row_bytes / 2**20:.1f} MiB, "
-                f"more than max_chunk_bytes={self.max_chunk_bytes}; raise KNNIndex(max_chunk_bytes=...)"
-            )
-        rows = min(self.chunk_size, self.max_chunk_bytes // row_bytes)
-        if num_queries is not None:
-            rows = max(1, min(rows, num_queries))
-        block_bytes = rows * row_bytes
-        if block_bytes >= _CHECKED_BLOCK_BYTES:
-            available = _available_bytes(self._rows.device)
-            if available is not None and block_bytes > available:
-                raise MemoryError(
-                    f"kNN over a bank of {size} x {self._dim} on {self._rows.device}: a block of {rows} queries needs "
-                    f"{block_bytes / 2**30:.2f} GiB of similarities but {available / 2**30:.2f} GiB are available; "
-                    f"lower KNNIndex(chunk_size=...) (now {self.chunk_size}) or max_chunk_bytes (now "
-                    f"{self.max_chunk_bytes}), e.g. max_chunk_bytes={max(row_bytes, available // 4)}"
-                )
-        return rows
+        return knn_torch.block_queries(self._rows, self.chunk_size, self.max_chunk_bytes, num_queries)
 
     # --------------------------------------------------------------- public
 
@@ -361,7 +266,7 @@ class KNNIndex:
         if k > self._size:
             raise ValueError(f"k={k} is larger than the number of indexed entries ({self._size})")
         use_faiss = self.backend == "faiss" and not (self._uses_faiss_gpu() and k > FAISS_GPU_MAX_K)
-        return self._search_faiss(queries, k) if use_faiss else self._search_torch(queries, k)
+        return self._faiss_index.search(queries, k) if use_faiss else self._search_torch(queries, k)
 
     def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The k most similar indexed entries of each query.

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fam_lightning import knn as knn_module
+from fam_lightning import knn_torch
 from fam_lightning.knn import METRICS, KNNIndex, faiss_available, topk_accuracy
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -253,8 +254,8 @@ def test_a_block_that_cannot_fit_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
         index.search(queries, 5)
     index = KNNIndex(backend="torch", chunk_size=64)
     index.add(bank, labels)
-    monkeypatch.setattr(knn_module, "_CHECKED_BLOCK_BYTES", 0)
-    monkeypatch.setattr(knn_module, "_available_bytes", lambda device: 10_000)  # 10 kB left on the device
+    monkeypatch.setattr(knn_torch, "_CHECKED_BLOCK_BYTES", 0)
+    monkeypatch.setattr(knn_torch, "_available_bytes", lambda device: 10_000)  # 10 kB left on the device
     with pytest.raises(MemoryError, match=r"bank of 1000 x 8 on cpu: a block of 4 queries needs .* lower "
                                           r"KNNIndex\(chunk_size=...\) \(now 64\) or max_chunk_bytes"):
         index.search(queries, 5)
@@ -264,5 +265,46 @@ def test_a_block_that_cannot_fit_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads /proc/meminfo (Linux)")
 def test_available_memory_is_read_on_cpu() -> None:
-    available = knn_module._available_bytes(torch.device("cpu"))
+    available = knn_torch._available_bytes(torch.device("cpu"))
     assert isinstance(available, int) and 0 < available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _fresh_blocks(rows: torch.Tensor, queries: torch.Tensor, k: int, block: int, sq_norms=None):
+    """The search as it was before the reused buffer: a new (c, N) matrix per block."""
+    values, indices = [], []
+    for part in queries.split(block):
+        scores = part @ rows.t()
+        if sq_norms is None:
+            v, i = scores.topk(k, dim=1)
+        else:
+            v, i = scores.mul_(2).sub_(sq_norms).topk(k, dim=1)
+            v = (v - part.square().sum(1, keepdim=True)).clamp_max_(0)
+        values.append(v)
+        indices.append(i)
+    return torch.cat(values), torch.cat(indices)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("euclidean", [False, True])
+def test_the_reused_block_buffer_gives_bit_identical_results(device: str, euclidean: bool) -> None:
+    bank, queries, _ = make_data(n=5000, q=203, d=32)
+    bank, queries = bank.to(device), queries.to(device)
+    sq_norms = bank.square().sum(1) if euclidean else None
+    for block in (1, 16, 64, 203, 4096):  # one block, several, a partial last block
+        got = knn_torch.search_blocks(bank, queries, 50, block, sq_norms)
+        want = _fresh_blocks(bank, queries, 50, block, sq_norms)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_one_block_buffer_per_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    bank, queries, _ = make_data(n=1000, q=37, d=8)
+    index = KNNIndex(backend="torch", max_chunk_bytes=10 * 1000 * 4)
+    index.add(bank)
+    allocated = []
+    original = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *shape, **kw: (allocated.append(shape),
+                                                                                  original(self, *shape, **kw))[1])
+    sims, idx = index.search(queries, 20)
+    assert allocated == [(10, 1000)]  # four blocks, one (10, N) buffer
+    ref_sims, ref_idx = brute_force(queries, bank, "cosine", 20)
+    assert torch.equal(idx, ref_idx)
