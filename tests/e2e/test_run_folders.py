@@ -16,9 +16,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from fam_lightning.checkpoint_io import AtomicCheckpointIO
-from fam_lightning.cli import main
 from fam_lightning.runs import claim_version
-from tests.helpers.cli import REPO, TINY_DATA_ARGS
+from tests.helpers.cli import REPO, TINY_DATA_ARGS, run_cli
 from tests.helpers.events import read_events
 
 QUICKSTART = ["--config", str(REPO / "configs" / "quickstart.yaml"), *TINY_DATA_ARGS,
@@ -36,23 +35,10 @@ class StopAt(L.Callback):
             trainer._signal_connector.received_sigterm = True
 
 
-def _cli(argv: list[str], cwd: Path, capfd: pytest.CaptureFixture[str],
-         caplog: pytest.LogCaptureFixture | None = None) -> tuple[int, str]:
+def _cli(argv: list[str], cwd: Path) -> tuple[int, str]:
     """``main(argv)`` in-process from ``cwd``: (exit code, everything it printed and logged)."""
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    finally:
-        os.chdir(old)
-    out, err = capfd.readouterr()
-    logged = caplog.text if caplog is not None else ""
-    if caplog is not None:
-        caplog.clear()
-    return code, logged + out + err
+    proc = run_cli(argv, cwd, check=False)
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def _last_line(text: str) -> str:
@@ -61,12 +47,12 @@ def _last_line(text: str) -> str:
 
 @pytest.mark.slow
 def test_a_resumed_fit_continues_in_its_run_folder_and_last_finds_it(
-    tmp_path: Path, data_dir: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, data_dir: Path
 ) -> None:
     data = ["--data.data_dir", str(data_dir), "--trainer.max_epochs", "3"]
     stop = ["--trainer.callbacks+=tests.e2e.test_run_folders.StopAt", "--trainer.callbacks.epoch=1",
             "--trainer.callbacks.batch=1"]
-    code, printed = _cli(["fit", *QUICKSTART, *data, *stop], tmp_path, capfd, caplog)
+    code, printed = _cli(["fit", *QUICKSTART, *data, *stop], tmp_path)
     run = tmp_path / "logs" / "quickstart" / "version_0"
     assert code == 143, printed[-3000:]
     assert "run folder logs/quickstart/version_0" in printed
@@ -74,7 +60,7 @@ def test_a_resumed_fit_continues_in_its_run_folder_and_last_finds_it(
     stale = run / "checkpoints" / ".last.ckpt.k1ll3d.tmp"  # what a write killed half-way leaves
     stale.write_bytes(b"\0" * 100)
 
-    code, printed = _cli(["fit", *QUICKSTART, *data, "--ckpt_path", "last"], tmp_path, capfd, caplog)
+    code, printed = _cli(["fit", *QUICKSTART, *data, "--ckpt_path", "last"], tmp_path)
     assert code == 0, printed[-3000:]
     assert "resuming from logs/quickstart/version_0/checkpoints/interrupted.ckpt" in printed
     assert "continuing logs/quickstart/version_0" in printed
@@ -103,8 +89,8 @@ def test_a_resumed_fit_continues_in_its_run_folder_and_last_finds_it(
     assert mode == 0o666 & ~umask
 
 
-def test_ckpt_path_last_without_a_run_says_where_it_looked(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    code, printed = _cli(["fit", *QUICKSTART, "--ckpt_path", "last"], tmp_path, capfd)
+def test_ckpt_path_last_without_a_run_says_where_it_looked(tmp_path: Path) -> None:
+    code, printed = _cli(["fit", *QUICKSTART, "--ckpt_path", "last"], tmp_path)
     assert code == 2
     assert _last_line(printed) == (
         "error: --ckpt_path last: no interrupted.ckpt or last.ckpt under logs/quickstart/version_*/checkpoints/; "
@@ -120,7 +106,7 @@ def _lightning_checkpoint(path: Path, model: str, data: str, **hparams: Any) -> 
 
 
 @pytest.mark.parametrize("case", ["empty", "lfs", "state_dict", "other_family", "conflicting_option", "missing"])
-def test_bad_ckpt_path_is_one_sentence_and_exit_2(tmp_path: Path, capfd: pytest.CaptureFixture[str], case: str) -> None:
+def test_bad_ckpt_path_is_one_sentence_and_exit_2(tmp_path: Path, case: str) -> None:
     path, extra = tmp_path / "model.ckpt", []
     if case == "empty":
         path.write_bytes(b"")
@@ -143,15 +129,15 @@ def test_bad_ckpt_path_is_one_sentence_and_exit_2(tmp_path: Path, capfd: pytest.
     else:
         path = tmp_path / "nowhere.ckpt"
         expected = "checkpoint not found"
-    code, printed = _cli(["validate", *QUICKSTART, *extra, "--ckpt_path", str(path)], tmp_path, capfd)
+    code, printed = _cli(["validate", *QUICKSTART, *extra, "--ckpt_path", str(path)], tmp_path)
     assert code == 2, printed[-2000:]
     last = _last_line(printed)
     assert last.startswith("error: ") and expected in last and str(path.name) in last
     assert "Traceback" not in printed
 
 
-def test_abbreviated_options_are_refused(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    code, printed = _cli(["fit", *QUICKSTART, "--trainer.max_epoch", "1"], tmp_path, capfd)
+def test_abbreviated_options_are_refused(tmp_path: Path) -> None:
+    code, printed = _cli(["fit", *QUICKSTART, "--trainer.max_epoch", "1"], tmp_path)
     assert code == 2
     assert "unrecognized arguments: --trainer.max_epoch 1" in printed
     assert not (tmp_path / "logs").exists()
@@ -163,8 +149,9 @@ def _claim(root: str, barrier: Any, out: Any) -> None:
     out.put(claim_version(logger))
 
 
+@pytest.mark.slow
 def test_runs_started_together_claim_different_folders(tmp_path: Path) -> None:
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # four real processes racing; fork spares each an import
     barrier, out = context.Barrier(4), context.Queue()
     workers = [context.Process(target=_claim, args=(str(tmp_path), barrier, out)) for _ in range(4)]
     for worker in workers:
@@ -176,6 +163,7 @@ def test_runs_started_together_claim_different_folders(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [f"version_{v}" for v in range(4)]
 
 
+@pytest.mark.slow  # a process of its own: the file size limit must not reach pytest's
 def test_a_full_disk_names_the_checkpoint_the_cause_and_the_free_space(tmp_path: Path) -> None:
     script = (
         "import resource, signal, torch\n"

@@ -9,10 +9,8 @@ The data is a synthetic ImageNet-layout folder written by the test: 4 classes x 
 from __future__ import annotations
 
 import csv
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import torch
 
 from fam_lightning.datamodules import ContrastiveDataModule
 from fam_lightning.datamodules.synthetic_imagenet import write_synthetic_imagenet
-from tests.helpers.cli import REPO
+from tests.helpers.cli import REPO, run_cli, run_main
 from tests.importers.published_files import (
     embed, lemniscate_knn, source_resnet18, write_lemniscate_checkpoint, write_moco_checkpoint,
 )
@@ -34,9 +32,14 @@ DATA_ARGS = ["--data.image_size", str(SIZE), "--data.batch_size", "16", "--data.
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python <args>`` from ``cwd`` as a user runs it (not checked)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    """``python <args>`` from ``cwd`` as a user runs it (not checked), in this process: ``train.py ...`` or
+    ``-m fam_lightning.importers ...``."""
+    from fam_lightning.tools.convert import main as convert
+
+    if args[:2] == ["-m", "fam_lightning.importers"]:
+        return run_main(convert, args[2:], cwd, program="python -m fam_lightning.importers", check=False)
+    assert args[0] == str(REPO / "train.py"), args
+    return run_cli(args[1:], cwd, check=False)
 
 
 def succeeded(proc: subprocess.CompletedProcess) -> str:

@@ -177,9 +177,9 @@ def test_small_photos_are_enlarged_by_a_whole_factor_and_the_figure_has_a_colour
 
 
 def test_the_size_of_a_real_data_sets_images_is_read_from_a_sample_of_headers(tmp_path: Path) -> None:
-    from tests.datamodules.test_cub import _write_tiny_cub
+    from tests.datamodules.tiny_data import write_tiny_cub
 
-    cub = _write_tiny_cub(tmp_path / "cub")  # 60 x 40 images (one 200 x 100)
+    cub = write_tiny_cub(tmp_path / "cub")  # 60 x 40 images (one 200 x 100)
     assert explain.training_geometry({"root": str(cub)}) == (60, 40)
     imagenet = tmp_path / "imagenet" / "train"
     for wnid in ("n01", "n02"):

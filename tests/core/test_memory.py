@@ -177,6 +177,7 @@ def _ddp_worker(rank: int, world: int, port: int, results: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_rank_gather_keeps_banks_identical() -> None:
     with mp.Manager() as manager:
         results = manager.dict()

@@ -27,6 +27,7 @@ def test_check_finite_loss_names_the_step_and_every_term() -> None:
                           {"episode": torch.tensor(float("inf")), "scale": torch.tensor([1.0, float("nan")]), "x": None})
 
 
+@pytest.mark.slow
 def test_nan_scores_give_nan_accuracy_and_are_counted(tmp_path: Path, data_dir: Path) -> None:
     model, data = tiny_fewshot(data_dir)
     with torch.no_grad():
@@ -38,6 +39,7 @@ def test_nan_scores_give_nan_accuracy_and_are_counted(tmp_path: Path, data_dir: 
     assert float(metrics["val/nonfinite_scores"]) == 2 * 3 * 3  # 2 episodes x 3 ways x 3 queries
 
 
+@pytest.mark.slow
 def test_diverged_fit_exits_nonzero_names_the_step_and_keeps_no_checkpoint(tmp_path: Path, data_dir: Path) -> None:
     proc = run_cli([*QUICKSTART, "--data.data_dir", str(data_dir), "--trainer.max_epochs", "2",
                     "--data.train_episodes", "30", "--model.init_args.lr", "1e6"], tmp_path, check=False)
@@ -51,6 +53,7 @@ def test_diverged_fit_exits_nonzero_names_the_step_and_keeps_no_checkpoint(tmp_p
     assert checkpoints == [], checkpoints
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_nonzero_and_prints_the_resume_command(tmp_path: Path, data_dir: Path) -> None:
     marker = tmp_path / "first_step_done"
     args = [*QUICKSTART, "--data.data_dir", str(data_dir), "--trainer.max_epochs", "2",
@@ -94,6 +97,7 @@ class _StopAt(L.Callback):
             trainer._signal_connector.received_sigterm = True
 
 
+@pytest.mark.slow
 def test_mid_epoch_interrupt_resumes_exactly(tmp_path: Path, data_dir: Path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -135,6 +139,7 @@ class _PoisonAfterLastStep(L.Callback):
                 pl_module.logit_scale.fill_(float("nan"))
 
 
+@pytest.mark.slow
 def test_weights_that_diverged_on_the_last_step_are_never_validated_or_saved(tmp_path: Path, data_dir: Path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 

@@ -160,6 +160,7 @@ class PrototypeClassifier(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=0.01)
 
 
+@pytest.mark.slow
 def test_fam_callback_explains_a_users_own_lightning_module(tmp_path: Path) -> None:
     L.seed_everything(0)
     trainer = L.Trainer(
