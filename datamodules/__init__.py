@@ -1,14 +1,9 @@
 """Data: CUB-200-2011 reader, synthetic CUB-layout writer, episodic sampling, LightningDataModules."""
 
-from .cub import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    CUBDataset,
-    CUBMetadata,
-    fewshot_class_split,
-    read_cub_metadata,
-    retrieval_class_split,
-)
+from .formats.cub import CUBDataset
+from .formats.cub_metadata import CUBMetadata, read_cub_metadata
+from .formats.images import IMAGENET_MEAN, IMAGENET_STD
+from .splits import fewshot_class_split, retrieval_class_split
 from .episodes import EpisodeDataset
 from .fewshot import FewShotDataModule
 from .retrieval import RetrievalDataModule
@@ -31,13 +26,9 @@ __all__ = [
 
 # ImageNet (ILSVRC 2012) layout: reader, synthetic writer, contrastive (NPID / MoCo) data.
 from .contrastive import ContrastiveDataModule, TwoViewTransform, contrastive_augmentation
-from .imagenet import (
-    ImageNetDataset,
-    ImageNetIndex,
-    collate_with_boxes,
-    parse_voc_xml,
-    read_imagenet_split,
-)
+from .formats.imagenet import ImageNetDataset, collate_with_boxes
+from .formats.imagenet_index import ImageNetIndex, read_imagenet_split
+from .formats.voc import parse_voc_xml
 from .synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
 
 __all__ += [

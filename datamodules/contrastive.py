@@ -46,16 +46,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .cub import IMAGENET_MEAN, IMAGENET_STD
-from .imagenet import (
-    PREPROCESSING,
-    ImageNetDataset,
-    ImageNetIndex,
-    check_imagenet_index,
-    collate_with_boxes,
-    load_image,
-    read_imagenet_split,
-)
+from .formats.geometry import PREPROCESSING
+from .formats.imagenet import ImageNetDataset, collate_with_boxes
+from .formats.imagenet_index import ImageNetIndex, check_imagenet_index, read_imagenet_split
+from .formats.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from .drawing import DEFAULT_DISTRACTORS
 from .synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
 from fam_lightning.seeding import global_seed, mix_seed
@@ -343,7 +337,7 @@ class ContrastiveDataModule(L.LightningDataModule):
     def split_index(self, split: str) -> ImageNetIndex:
         """The checked listing of "train" (no boxes read) or "val" (boxes read, labels in train's order).
 
-        Checked when first listed (:func:`fam_lightning.datamodules.imagenet.check_imagenet_index`).
+        Checked when first listed (:func:`fam_lightning.datamodules.formats.imagenet_index.check_imagenet_index`).
         """
         if split not in self._indices:
             root = self._ensure_data()

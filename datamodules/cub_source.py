@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cub import IMAGENET_MEAN, IMAGENET_STD, CUBMetadata, check_cub_data, read_cub_metadata
+from .formats.cub_metadata import CUBMetadata, check_cub_data, read_cub_metadata
+from .formats.images import IMAGENET_MEAN, IMAGENET_STD
 from .synthetic import DEFAULT_DISTRACTORS, default_synthetic_root, write_synthetic_cub
 
 
@@ -65,7 +66,7 @@ class CUBSource:
     def metadata(self) -> CUBMetadata:
         """Parsed and checked metadata of ``data_root`` (written first for the synthetic default).
 
-        The first access checks the folder (:func:`fam_lightning.datamodules.cub.check_cub_data`):
+        The first access checks the folder (:func:`fam_lightning.datamodules.formats.cub_metadata.check_cub_data`):
         missing images and boxes outside their image are reported before training.
         """
         if self._metadata is None:

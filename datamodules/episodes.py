@@ -42,7 +42,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from fam_lightning.seeding import mix_seed
 
-from .checks import DataCheckWarning
+from .formats.checks import DataCheckWarning
 
 __all__ = ["EpisodeDataset", "LabelledDataset", "collate_episodes", "mix_seed"]
 

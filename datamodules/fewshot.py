@@ -14,7 +14,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from .cub import CUBDataset, fewshot_class_split
+from .formats.cub import CUBDataset
+from .splits import fewshot_class_split
 from .cub_source import CUBSource
 from .drawing import DEFAULT_DISTRACTORS
 from .episodes import EpisodeDataset, collate_episodes

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .cub import CUBDataset
+from .formats.cub import CUBDataset
 from .cub_source import CUBSource
 from .drawing import DEFAULT_DISTRACTORS
 from .sampler import ClassBalancedBatchSampler, ShardSampler

@@ -1,7 +1,7 @@
 """Synthetic few-shot data written to disk in the CUB-200-2011 layout.
 
 Nothing can be downloaded at run time, so the default data set is drawn here
-and read back by the real CUB reader (:mod:`fam_lightning.datamodules.cub`).
+and read back by the real CUB reader (:mod:`fam_lightning.datamodules.formats.cub`).
 
 Each class is one combination shape x colour x texture (``circle_red_stripes``).
 Every image holds one object of its class and ``distractors`` objects of other

@@ -2,7 +2,7 @@
 
 Nothing can be downloaded at run time, so the default data set of the
 contrastive models is drawn here and read back by the real ImageNet reader
-(:mod:`fam_lightning.datamodules.imagenet`)::
+(:mod:`fam_lightning.datamodules.formats.imagenet`)::
 
     root/
       train/n00000001/n00000001_0001.JPEG
@@ -38,7 +38,7 @@ import numpy as np
 
 from . import drawing
 from .drawing import DEFAULT_DISTRACTORS, SyntheticClass, synthetic_classes
-from .imagenet import SYNSET_MAPPING_FILE
+from .formats.imagenet_index import SYNSET_MAPPING_FILE
 from .synthetic import MARKER_FILE, _check_common, parallel_map, save_jpeg, write_atomically
 
 # Bump when the layout or the annotation changes; the drawing has its own version (drawing.DRAWING_VERSION).

@@ -58,7 +58,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from fam_lightning.console import quiet_lightning
-from fam_lightning.datamodules.cub import decode_rgb, display_class_name
+from fam_lightning.datamodules.formats.cub import display_class_name
+from fam_lightning.datamodules.formats.images import decode_rgb
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, datamodule_arguments, load_model, read_checkpoint
 from fam_lightning.io import atomic_write

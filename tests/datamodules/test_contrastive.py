@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fam_lightning.datamodules.contrastive import ContrastiveDataModule, TwoViewTransform, contrastive_augmentation
-from fam_lightning.datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
+from fam_lightning.datamodules.formats.images import IMAGENET_MEAN, IMAGENET_STD
 
 TINY = {
     "image_size": 32,

@@ -141,7 +141,7 @@ class NamedLabelled(TinyLabelled):
 
 
 def test_classes_that_can_never_appear_in_an_episode_are_named() -> None:
-    from fam_lightning.datamodules.checks import DataCheckWarning
+    from fam_lightning.datamodules.formats.checks import DataCheckWarning
 
     data = NamedLabelled([4, 1, 4, 4, 0, 4], split="val")  # 1 image, and none, under 1 shot + 1 query
     with pytest.warns(DataCheckWarning) as caught:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fam_lightning.datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
+from fam_lightning.datamodules.formats.images import IMAGENET_MEAN, IMAGENET_STD
 from fam_lightning.datamodules.fewshot import FewShotDataModule
 
 TINY = {

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from fam_lightning.datamodules import drawing, synthetic
-from fam_lightning.datamodules.cub import CUB_FILES, CUBDataset, read_cub_metadata
+from fam_lightning.datamodules.formats.cub import CUBDataset
+from fam_lightning.datamodules.formats.cub_metadata import CUB_FILES, read_cub_metadata
 from fam_lightning.datamodules.drawing import render_scene
 from fam_lightning.datamodules.synthetic import (
     MARKER_FILE,

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from fam_lightning.datamodules import drawing
-from fam_lightning.datamodules.imagenet import ImageNetDataset, read_imagenet_split
+from fam_lightning.datamodules.formats.imagenet import ImageNetDataset
+from fam_lightning.datamodules.formats.imagenet_index import read_imagenet_split
 from fam_lightning.datamodules.synthetic import MARKER_FILE, synthetic_classes, write_synthetic_cub
 from fam_lightning.datamodules.synthetic_imagenet import (
     default_synthetic_imagenet_root,

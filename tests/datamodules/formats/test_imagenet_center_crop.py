@@ -12,13 +12,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from fam_lightning.datamodules import ContrastiveDataModule
-from fam_lightning.datamodules.imagenet import (
-    ImageNetDataset,
-    center_crop_boxes,
-    center_crop_geometry,
-    load_center_cropped_image,
-)
-from tests.datamodules.test_imagenet import WNIDS, _voc, _write_tiny_imagenet
+from fam_lightning.datamodules.formats.geometry import center_crop_boxes, center_crop_geometry
+from fam_lightning.datamodules.formats.imagenet import ImageNetDataset
+from fam_lightning.datamodules.formats.images import load_center_cropped_image
+from tests.datamodules.tiny_data import WNIDS, voc, write_tiny_imagenet
 
 
 def _reference_box(width: int, height: int, box: tuple[int, int, int, int], size: int, resize: int) -> list[float]:
@@ -67,8 +64,8 @@ def test_centre_cropped_image_is_torchvisions_resize_and_crop(tmp_path: Path) ->
 
 
 def test_dataset_and_data_module_option(tmp_path: Path) -> None:
-    root = _write_tiny_imagenet(tmp_path / "imagenet")  # train/<wnid0>/t_0.JPEG: 200x100, two boxes
-    (root / "train" / WNIDS[0] / "t_0.xml").write_text(_voc(200, 100, (21, 11, 60, 40), (1, 1, 30, 100)))
+    root = write_tiny_imagenet(tmp_path / "imagenet")  # train/<wnid0>/t_0.JPEG: 200x100, two boxes
+    (root / "train" / WNIDS[0] / "t_0.xml").write_text(voc(200, 100, (21, 11, 60, 40), (1, 1, 30, 100)))
     item = ImageNetDataset(root, "train", image_size=56, preprocess="center_crop")[0]
     assert item["image"].shape == (3, 56, 56)
     # 200x100 -> 128x64 (shorter side round(56 / 0.875) = 64), crop x in [36, 92): the second box is cut away

@@ -9,53 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
-from fam_lightning.datamodules.cub import IMAGENET_MEAN, IMAGENET_STD
-from fam_lightning.datamodules.imagenet import ImageNetDataset, collate_with_boxes, parse_voc_xml, read_imagenet_split
-
-WNIDS = ["n00000001", "n00000002", "n00000003"]
-
-
-def _voc(width: int, height: int, *boxes: tuple[int, int, int, int], name: str = "n00000001") -> str:
-    """A VOC annotation; ``boxes`` as VOC writes them: (xmin, ymin, xmax, ymax), 1-based, inclusive."""
-    objects = "".join(
-        f"<object><name>{name}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax>"
-        "</bndbox></object>"
-        for a, b, c, d in boxes
-    )
-    size = f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
-    return f"<annotation>{size}{objects}</annotation>"
-
-
-def _write_tiny_imagenet(root: Path) -> Path:
-    """3 classes x 3 train images, 2 val images each (class 3 has no val folder).
-
-    train/n00000001/a_0.JPEG is 200x100 with two boxes in an XML file beside it;
-    val boxes live in root/boxes/val/<wnid>/; every other image is 60x40.
-    """
-    for c, wnid in enumerate(WNIDS):
-        for split, count in (("train", 3), ("val", 2 if c < 2 else 0)):
-            if count == 0:
-                continue
-            folder = root / split / wnid
-            folder.mkdir(parents=True)
-            for k in range(count):
-                size = (200, 100) if (split, c, k) == ("train", 0, 0) else (60, 40)
-                Image.new("RGB", size, (c * 80, k * 60, 100)).save(folder / f"{split[0]}_{k}.JPEG", quality=95)
-    (root / "train" / WNIDS[0] / "t_0.xml").write_text(_voc(200, 100, (21, 11, 60, 40), (1, 1, 200, 100)))
-    for wnid in WNIDS[:2]:
-        (root / "boxes" / "val" / wnid).mkdir(parents=True)
-        (root / "boxes" / "val" / wnid / "v_1.xml").write_text(_voc(60, 40, (7, 5, 30, 20), name=wnid))
-    return root
-
+from fam_lightning.datamodules.formats.imagenet import ImageNetDataset, collate_with_boxes
+from fam_lightning.datamodules.formats.imagenet_index import read_imagenet_split
+from fam_lightning.datamodules.formats.images import IMAGENET_MEAN, IMAGENET_STD
+from fam_lightning.datamodules.formats.voc import parse_voc_xml
+from tests.datamodules.tiny_data import WNIDS, voc, write_tiny_imagenet
 
 @pytest.fixture
 def imagenet_root(tmp_path: Path) -> Path:
-    return _write_tiny_imagenet(tmp_path / "imagenet")
+    return write_tiny_imagenet(tmp_path / "imagenet")
 
 
 def test_voc_corners_become_zero_based_exclusive(tmp_path: Path) -> None:
     path = tmp_path / "a.xml"
-    path.write_text(_voc(500, 375, (1, 1, 500, 375), (101, 51, 200, 150), name="n01440764"))
+    path.write_text(voc(500, 375, (1, 1, 500, 375), (101, 51, 200, 150), name="n01440764"))
     annotation = parse_voc_xml(path)
     assert annotation.size == (500, 375)
     # xmin=1 is the first column, xmax=500 the last: the whole 500-pixel-wide image is [0, 500).
@@ -89,7 +56,7 @@ def test_ilsvrc_flat_annotation_folder_is_searched(imagenet_root: Path, tmp_path
     # ILSVRC ships val annotations flat: Annotations/CLS-LOC/val/<stem>.xml.
     annotations = tmp_path / "Annotations" / "CLS-LOC"
     (annotations / "val").mkdir(parents=True)
-    (annotations / "val" / "v_0.xml").write_text(_voc(60, 40, (1, 1, 10, 10)))
+    (annotations / "val" / "v_0.xml").write_text(voc(60, 40, (1, 1, 10, 10)))
     val = read_imagenet_split(imagenet_root, "val", boxes_dir=annotations)
     assert val.boxes[0] == [(0.0, 0.0, 10.0, 10.0)] and val.boxes[2] == [(0.0, 0.0, 10.0, 10.0)]
     assert val.boxes[1] == []  # root/boxes is not searched once boxes_dir is given

@@ -10,16 +10,15 @@ import pytest
 from PIL import Image
 
 from fam_lightning.datamodules import FewShotDataModule
-from fam_lightning.datamodules.checks import DataCheckWarning, check_files_exist
-from fam_lightning.datamodules.cub import check_cub_data, read_cub_metadata
-from fam_lightning.datamodules.imagenet import check_imagenet_index, read_imagenet_split
-from tests.datamodules.test_cub import _write_tiny_cub
-from tests.datamodules.test_imagenet import _voc, _write_tiny_imagenet
+from fam_lightning.datamodules.formats.checks import DataCheckWarning, check_files_exist
+from fam_lightning.datamodules.formats.cub_metadata import check_cub_data, read_cub_metadata
+from fam_lightning.datamodules.formats.imagenet_index import check_imagenet_index, read_imagenet_split
+from tests.datamodules.tiny_data import voc, write_tiny_cub, write_tiny_imagenet
 
 
 @pytest.fixture
 def cub_root(tmp_path: Path) -> Path:
-    return _write_tiny_cub(tmp_path / "cub")
+    return write_tiny_cub(tmp_path / "cub")
 
 
 def _set_box_line(root: Path, image_id: int, box: str) -> int:
@@ -100,12 +99,12 @@ def test_truncated_images_are_found_only_by_the_opt_in_decode(cub_root: Path) ->
 
 @pytest.fixture
 def imagenet_root(tmp_path: Path) -> Path:
-    return _write_tiny_imagenet(tmp_path / "imagenet")
+    return write_tiny_imagenet(tmp_path / "imagenet")
 
 
 def test_voc_size_contradicting_the_image_aspect_ratio_warns(imagenet_root: Path) -> None:
     xml = imagenet_root / "boxes" / "val" / "n00000001" / "v_1.xml"
-    xml.write_text(_voc(40, 40, (7, 5, 30, 20)))  # the image is 60x40
+    xml.write_text(voc(40, 40, (7, 5, 30, 20)))  # the image is 60x40
     index = read_imagenet_split(imagenet_root, "val")
     with pytest.warns(DataCheckWarning, match=r"1 annotation sizes .* contradict .* says 40x40 but the image is 60x40"):
         check_imagenet_index(index)
@@ -113,7 +112,7 @@ def test_voc_size_contradicting_the_image_aspect_ratio_warns(imagenet_root: Path
 
 def test_voc_box_outside_the_image_is_an_error_naming_the_xml_and_object(imagenet_root: Path) -> None:
     xml = imagenet_root / "boxes" / "val" / "n00000002" / "v_1.xml"
-    xml.write_text(_voc(60, 40, (7, 5, 30, 20), (70, 5, 80, 20)))
+    xml.write_text(voc(60, 40, (7, 5, 30, 20), (70, 5, 80, 20)))
     index = read_imagenet_split(imagenet_root, "val")
     with pytest.raises(ValueError, match=rf"{re.escape(str(xml))}, object 2: box \(69, 4, 80, 20\) has no area"):
         check_imagenet_index(index)
@@ -121,7 +120,7 @@ def test_voc_box_outside_the_image_is_an_error_naming_the_xml_and_object(imagene
 
 def test_voc_box_partly_outside_is_clipped(imagenet_root: Path) -> None:
     xml = imagenet_root / "boxes" / "val" / "n00000002" / "v_1.xml"
-    xml.write_text(_voc(60, 40, (41, 5, 90, 20)))
+    xml.write_text(voc(60, 40, (41, 5, 90, 20)))
     index = read_imagenet_split(imagenet_root, "val")
     with pytest.warns(DataCheckWarning, match="1 boxes of .* reach outside their image"):
         checked = check_imagenet_index(index)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fam_lightning.datamodules.checks import _header_size, read_image_sizes
+from fam_lightning.datamodules.formats.checks import _header_size, read_image_sizes
 
 
 def _write(folder: Path) -> dict[str, Path]:

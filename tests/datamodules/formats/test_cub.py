@@ -8,45 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from fam_lightning.datamodules.cub import (
-    CUB_FILES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    CUBDataset,
-    fewshot_class_split,
-    read_cub_metadata,
-    retrieval_class_split,
-)
-
-NUM_CLASSES = 8
-IMAGES_PER_CLASS = 3
-
-
-def _write_tiny_cub(root: Path) -> Path:
-    """8 classes x 3 images; image 1 is 200x100 with box (20, 10, 40, 30), the rest 60x40."""
-    lines = {name: [] for name in CUB_FILES}
-    for c in range(1, NUM_CLASSES + 1):
-        folder = f"{c:03d}.Bird_{c}"
-        (root / "images" / folder).mkdir(parents=True)
-        lines["classes.txt"].append(f"{c} {folder}")
-        for k in range(IMAGES_PER_CLASS):
-            image_id = (c - 1) * IMAGES_PER_CLASS + k + 1
-            size = (200, 100) if image_id == 1 else (60, 40)
-            colour = (c * 30 % 256, k * 80, 100)
-            Image.new("RGB", size, colour).save(root / "images" / folder / f"img_{k}.jpg", quality=95)
-            box = (20.0, 10.0, 40.0, 30.0) if image_id == 1 else (5.0, 4.0, 30.0, 20.0)
-            lines["images.txt"].append(f"{image_id} {folder}/img_{k}.jpg")
-            lines["image_class_labels.txt"].append(f"{image_id} {c}")
-            lines["train_test_split.txt"].append(f"{image_id} {int(k == 0)}")
-            lines["bounding_boxes.txt"].append(f"{image_id} " + " ".join(f"{v:.1f}" for v in box))
-    for name, content in lines.items():
-        (root / name).write_text("\n".join(content) + "\n")
-    return root
-
+from fam_lightning.datamodules.formats.cub import CUBDataset
+from fam_lightning.datamodules.formats.cub_metadata import CUB_FILES, read_cub_metadata
+from fam_lightning.datamodules.formats.images import IMAGENET_MEAN, IMAGENET_STD
+from fam_lightning.datamodules.splits import fewshot_class_split, retrieval_class_split
+from tests.datamodules.tiny_data import IMAGES_PER_CLASS, NUM_CLASSES, write_tiny_cub
 
 @pytest.fixture
 def cub_root(tmp_path: Path) -> Path:
-    return _write_tiny_cub(tmp_path / "cub")
+    return write_tiny_cub(tmp_path / "cub")
 
 
 def test_metadata_is_parsed_and_aligned(cub_root: Path) -> None:
@@ -169,7 +139,7 @@ def test_byte_order_mark_in_the_lists_is_not_part_of_the_first_id(cub_root: Path
 def test_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
     import numpy as np
 
-    from fam_lightning.datamodules.cub import decode_rgb, load_resized_image
+    from fam_lightning.datamodules.formats.images import decode_rgb, load_resized_image
 
     grey8 = np.tile(np.arange(60, 200, dtype=np.uint16), (50, 1))  # 8-bit mean 129.5
     path = tmp_path / "grey16.png"

@@ -27,7 +27,8 @@ from typing import TypeVar
 from PIL import Image
 from tqdm import tqdm
 
-Box = tuple[float, float, float, float]
+from .geometry import Box
+
 T = TypeVar("T")
 
 PROGRESS_MIN_ITEMS = 5000
