@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = {
     "fam-train": "fam_lightning.cli:main",
     "fam-explain": "fam_lightning.tools.explain:main",
