@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import sync  # noqa: E402
-from fam_lightning.datamodules.episodes import collate_episodes  # noqa: E402
+from fam_lightning.datamodules.sampling.episodes import collate_episodes  # noqa: E402
 from fam_lightning.models import FewShotClassifier  # noqa: E402
 
 

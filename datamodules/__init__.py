@@ -4,7 +4,7 @@ from .formats.cub import CUBDataset
 from .formats.cub_metadata import CUBMetadata, read_cub_metadata
 from .formats.images import IMAGENET_MEAN, IMAGENET_STD
 from .splits import fewshot_class_split, retrieval_class_split
-from .episodes import EpisodeDataset
+from .sampling.episodes import EpisodeDataset
 from .fewshot import FewShotDataModule
 from .retrieval import RetrievalDataModule
 from .synthetic import default_synthetic_root, write_synthetic_cub

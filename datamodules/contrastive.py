@@ -54,7 +54,7 @@ from .drawing import DEFAULT_DISTRACTORS
 from .synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
 from fam_lightning.seeding import global_seed, mix_seed
 
-from .sampler import EpochSeededSampler, fit_progress
+from .sampling.samplers import EpochSeededSampler, fit_progress
 
 PROBE_SIZE = 8
 # MoCo v2 blurs 224-pixel crops with sigma in [0.1, 2.0]; the range scales with the crop side.

@@ -2,7 +2,7 @@
 
 Splits follow Chen et al. 2019: train = base classes, val = val classes,
 test = novel classes. Every dataloader yields whole episodes
-(see :mod:`fam_lightning.datamodules.episodes` for the layout): one per batch
+(see :mod:`fam_lightning.datamodules.sampling.episodes` for the layout): one per batch
 by default, or ``episodes_per_batch`` of them stacked along a leading axis.
 """
 
@@ -18,10 +18,10 @@ from .formats.cub import CUBDataset
 from .splits import fewshot_class_split
 from .cub_source import CUBSource
 from .drawing import DEFAULT_DISTRACTORS
-from .episodes import EpisodeDataset, collate_episodes
+from .sampling.episodes import EpisodeDataset, collate_episodes
 from fam_lightning.seeding import global_seed, mix_seed
 
-from .sampler import EpochSeededSampler, fit_progress
+from .sampling.samplers import EpochSeededSampler, fit_progress
 
 # Stage name -> few-shot class split.
 _SPLITS = {"train": "base", "val": "val", "test": "novel"}
@@ -66,7 +66,7 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
             that every file exists and every box lies inside its image).
         episodes_per_batch: Episodes per batch, ``E`` (LibFewShot's ``episode_size``),
             in every loader. 1 yields single episode dicts; ``E > 1`` stacks ``E``
-            consecutive episodes (:func:`~fam_lightning.datamodules.episodes.collate_episodes`),
+            consecutive episodes (:func:`~fam_lightning.datamodules.sampling.episodes.collate_episodes`),
             the same episodes in the same order as with 1, so an epoch has
             ``ceil(episodes / E)`` batches (the last may hold fewer). Training then
             takes one optimizer step per ``E`` episodes and BatchNorm sees all their images.

@@ -22,11 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from .formats.cub import CUBDataset
 from .cub_source import CUBSource
 from .drawing import DEFAULT_DISTRACTORS
-from .sampler import ClassBalancedBatchSampler, ShardSampler
+from .sampling.samplers import ClassBalancedBatchSampler, ShardSampler, fit_progress
 
 from fam_lightning.seeding import global_seed, mix_seed
-
-from .sampler import fit_progress
 
 
 class IndexedDataset(Dataset):

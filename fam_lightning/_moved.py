@@ -21,6 +21,8 @@ MOVED: dict[str, str] = {
     "fam_lightning.datamodules.checks": "fam_lightning.datamodules.formats.checks",
     "fam_lightning.datamodules.cub": "fam_lightning.datamodules.formats.cub",
     "fam_lightning.datamodules.imagenet": "fam_lightning.datamodules.formats.imagenet",
+    "fam_lightning.datamodules.episodes": "fam_lightning.datamodules.sampling.episodes",
+    "fam_lightning.datamodules.sampler": "fam_lightning.datamodules.sampling.samplers",
 }
 
 

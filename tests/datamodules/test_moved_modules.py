@@ -42,6 +42,13 @@ OLD_NAMES: dict[str, dict[str, list[str]]] = {
         P + "formats.images": ["load_center_cropped_image", "load_image"],
         P + "formats.geometry": ["Box", "CROP_RATIO", "PREPROCESSING", "center_crop_boxes", "center_crop_geometry", "scale_boxes"],
     },
+    P + "episodes": {
+        P + "sampling.episodes": ["EpisodeDataset", "LabelledDataset", "collate_episodes"],
+        "fam_lightning.seeding": ["mix_seed"],
+    },
+    P + "sampler": {
+        P + "sampling.samplers": ["ClassBalancedBatchSampler", "EpochSeededSampler", "ShardSampler", "fit_progress"],
+    },
 }
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fam_lightning.datamodules.episodes import collate_episodes
+from fam_lightning.datamodules.sampling.episodes import collate_episodes
 from fam_lightning.datamodules.fewshot import FewShotDataModule
 from fam_lightning.metrics import EpisodeAccuracy
 from fam_lightning.models import FewShotClassifier

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fam_lightning.datamodules.sampler import ClassBalancedBatchSampler
+from fam_lightning.datamodules.sampling.samplers import ClassBalancedBatchSampler
 
 # 10 classes with 2..11 images (classes 0-2 are smaller than K = 4), labels interleaved
 SIZES = list(range(2, 12))

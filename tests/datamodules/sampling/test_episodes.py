@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fam_lightning.datamodules.episodes import EpisodeDataset
+from fam_lightning.datamodules.sampling.episodes import EpisodeDataset
 
 
 class TinyLabelled:

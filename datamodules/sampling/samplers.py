@@ -44,7 +44,14 @@ from torch.utils.data import DistributedSampler, Sampler
 
 from fam_lightning.seeding import mix_seed
 
-__all__ = ["ClassBalancedBatchSampler", "EpochSeededSampler", "ShardSampler", "fit_progress"]
+__all__ = ["ClassBalancedBatchSampler", "EpochSeededSampler", "ShardSampler", "fit_progress", "process_group"]
+
+
+def process_group() -> tuple[int, int]:
+    """``(world size, rank)`` of the initialised process group, ``(1, 0)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -152,9 +159,9 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
                 yield indices
 
     def _replicas_and_rank(self) -> tuple[int, int]:
-        initialised = dist.is_available() and dist.is_initialized()
-        num_replicas = self.num_replicas if self.num_replicas is not None else (dist.get_world_size() if initialised else 1)
-        rank = self.rank if self.rank is not None else (dist.get_rank() if initialised else 0)
+        world, group_rank = process_group()
+        num_replicas = self.num_replicas if self.num_replicas is not None else world
+        rank = self.rank if self.rank is not None else group_rank
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must lie in [0, num_replicas) = [0, {num_replicas}), got {rank}")
         return num_replicas, rank
@@ -202,9 +209,7 @@ class ShardSampler(torch.utils.data.Sampler[int]):
     def _topology(self) -> tuple[int, int]:
         if self.num_replicas is not None and self.rank is not None:
             return self.num_replicas, self.rank
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
+        return process_group()
 
     def __iter__(self):
         replicas, rank = self._topology()
@@ -234,13 +239,6 @@ def fit_progress(trainer: Any, items_per_batch: int = 1, all_ranks: bool = True)
         return epoch, 0
     done = int(loop.epoch_loop.batch_progress.current.completed)
     return epoch, done * items_per_batch * (max(1, int(trainer.world_size)) if all_ranks else 1)
-
-
-def _process_group() -> tuple[int, int]:
-    """``(world size, rank)`` of the initialised process group, ``(1, 0)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -288,7 +286,7 @@ class EpochSeededSampler(DistributedSampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        world, _ = _process_group()
+        world, _ = process_group()
         return -(-self.length // world)  # keys of this rank
 
     def keys(self, epoch: int) -> list[tuple[int, int]]:
@@ -303,7 +301,7 @@ class EpochSeededSampler(DistributedSampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, skip = self.progress() if self.progress is not None else (self.epoch, 0)
         keys = self.keys(epoch)
-        world, rank = _process_group()
+        world, rank = process_group()
         if world == 1:
             return iter(keys[skip:])
         total = len(self) * world

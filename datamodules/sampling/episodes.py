@@ -37,12 +37,12 @@ import warnings
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset, get_worker_info
 
 from fam_lightning.seeding import mix_seed
 
-from .formats.checks import DataCheckWarning
+from ..formats.checks import DataCheckWarning
+from .samplers import process_group
 
 __all__ = ["EpisodeDataset", "LabelledDataset", "collate_episodes", "mix_seed"]
 
@@ -55,12 +55,6 @@ class LabelledDataset(Protocol):
     def __getitem__(self, index: int) -> dict[str, Any]: ...
 
     def __len__(self) -> int: ...
-
-
-def _global_rank() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return 0
 
 
 class EpisodeDataset(Dataset):
@@ -222,7 +216,7 @@ class EpisodeDataset(Dataset):
         worker = get_worker_info()
         owner = (os.getpid(), worker.id if worker is not None else -1)
         if self._generator is None or self._generator_owner != owner:
-            self._generator = torch.Generator().manual_seed(mix_seed(torch.initial_seed(), _global_rank()))
+            self._generator = torch.Generator().manual_seed(mix_seed(torch.initial_seed(), process_group()[1]))
             self._generator_owner = owner
         return self._generator
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from torch.utils.data import DistributedSampler
 
-from fam_lightning.datamodules import sampler as sampler_module
-from fam_lightning.datamodules.sampler import EpochSeededSampler
+from fam_lightning.datamodules.sampling import samplers as sampler_module
+from fam_lightning.datamodules.sampling.samplers import EpochSeededSampler
 
 
 def _rank_keys(monkeypatch: pytest.MonkeyPatch, sampler: EpochSeededSampler, world: int, rank: int) -> list:
-    monkeypatch.setattr(sampler_module, "_process_group", lambda: (world, rank))
+    monkeypatch.setattr(sampler_module, "process_group", lambda: (world, rank))
     return list(sampler), len(sampler)
 
 
