@@ -15,7 +15,7 @@ from fam_lightning.backbones import build_backbone, create_backbone
 from fam_lightning.backbones.weights import read_state_dict_file
 from fam_lightning.explainers import FAMExplainer
 from fam_lightning.models import FewShotClassifier
-from tests.helpers.cli import REPO, run_cli
+from tests.helpers.cli import REPO, SMALL_EPISODE_ARGS, run_cli
 from tests.helpers.events import read_events
 
 
@@ -142,7 +142,7 @@ def test_fewshot_cli_fits_external_backbone_with_fam(backbone: str, tmp_path: Pa
     run_cli(
         ["fit", "--config", str(REPO / "configs" / "fewshot" / f"{name}.yaml"), *args,
          "--data.data_dir", str(data_dir), "--data.synthetic_classes", "24",
-         "--data.synthetic_images_per_class", "20", "--data.image_size", "32", "--data.train_episodes", "2",
+         "--data.synthetic_images_per_class", "20", *SMALL_EPISODE_ARGS, "--data.train_episodes", "1",
          "--data.val_episodes", "1", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
         cwd=tmp_path,
     )

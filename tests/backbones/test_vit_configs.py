@@ -21,8 +21,10 @@ def test_fewshot_vit_config_fits_with_fam(tmp_path: Path, data_dir: Path) -> Non
     run_cli(
         ["fit", "--config", str(REPO / "configs" / "fewshot" / "vit_tiny_synthetic.yaml"), *SMALL_VIT,
          "--data.data_dir", str(data_dir), "--data.synthetic_classes", "24",
-         "--data.synthetic_images_per_class", "20", "--data.image_size", "48", "--data.train_episodes", "2",
-         "--data.val_episodes", "1", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
+         "--data.synthetic_images_per_class", "20", "--data.image_size", "48", "--data.train_ways", "3",
+         "--data.train_queries", "2", "--data.eval_ways", "3", "--data.eval_queries", "2",
+         "--data.train_episodes", "1", "--data.val_episodes", "1", "--trainer.max_epochs", "1",
+         "--trainer.log_every_n_steps", "1"],
         cwd=tmp_path,
     )
     log_dir = tmp_path / "logs" / "vit_tiny_synthetic" / "version_0"

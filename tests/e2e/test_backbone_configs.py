@@ -6,13 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import REPO, run_cli
+from tests.helpers.cli import REPO, SMALL_EPISODE_ARGS, run_cli
 from tests.helpers.events import read_events
 
 BACKBONES = ("conv4", "conv64f", "resnet12", "resnet18", "wrn28_10")
-# 32 px, 3-way 1-shot episodes with 2 queries: what a config fit needs to show it runs end to end
-SMALL_EPISODES = ["--data.image_size", "32", "--data.train_ways", "3", "--data.train_queries", "2",
-                  "--data.eval_ways", "3", "--data.eval_queries", "2"]
 
 
 @pytest.mark.slow
@@ -22,7 +19,7 @@ def test_synthetic_config_fits_with_fam_callback(backbone: str, tmp_path: Path, 
     run_cli(
         ["fit", "--config", str(config), "--data.data_dir", str(data_dir),
          "--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20",
-         *SMALL_EPISODES, "--data.train_episodes", "1", "--data.val_episodes", "1",
+         *SMALL_EPISODE_ARGS, "--data.train_episodes", "1", "--data.val_episodes", "1",
          "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
         cwd=tmp_path,
     )
@@ -43,7 +40,7 @@ def test_four_episodes_per_step_config_takes_one_step_per_four_episodes(tmp_path
     run_cli(
         ["fit", "--config", str(config), "--data.data_dir", str(data_dir),
          "--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20",
-         *SMALL_EPISODES, "--data.train_episodes", "8", "--data.val_episodes", "1",
+         *SMALL_EPISODE_ARGS, "--data.train_episodes", "8", "--data.val_episodes", "1",
          "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
         cwd=tmp_path,
     )
@@ -60,7 +57,7 @@ def test_shuffled_label_config_trains_on_permuted_labels(tmp_path: Path, data_di
     run_cli(
         ["fit", "--config", str(config), "--data.data_dir", str(data_dir),
          "--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20",
-         *SMALL_EPISODES, "--data.train_episodes", "1", "--data.val_episodes", "1",
+         *SMALL_EPISODE_ARGS, "--data.train_episodes", "1", "--data.val_episodes", "1",
          "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1"],
         cwd=tmp_path,
     )

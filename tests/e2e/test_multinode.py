@@ -124,6 +124,11 @@ def _two_node_fit_and_resume(family: str, tmp_path: Path, data_dir: Path, resume
     run_nodes(_args(family, data_dir, straight / "probe", epochs), [straight / "node0", straight / "node1"])
     rank0, rank1 = _load(straight / "probe")
     _check_two_node_run(family, straight / "node0", straight / "node1", rank0, rank1)
+    if family == "retrieval":
+        # each rank embeds half the gallery; gathered, Recall@K is over the whole test split: 12 test classes
+        # x 20 images, so a recall is a multiple of 1/240 only if all 240 queries were counted
+        recall = rank0["metrics"][0]["val/recall@1"]
+        assert abs(recall * 240 / 100 - round(recall * 240 / 100)) < 1e-3, recall
     assert sorted(p.name for p in epochs.iterdir()) == ["epoch0.ckpt", "epoch1.ckpt"]
     if not resume:
         return

@@ -37,6 +37,10 @@ TINY_DATA_ARGS = [
     "--trainer.log_every_n_steps", "1",
 ]
 
+# For a config fit that only shows it runs end to end: 32 px, 3-way 1-shot episodes with 2 queries.
+SMALL_EPISODE_ARGS = ["--data.image_size", "32", "--data.train_ways", "3", "--data.train_queries", "2",
+                      "--data.eval_ways", "3", "--data.eval_queries", "2"]
+
 _SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
 

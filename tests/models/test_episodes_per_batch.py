@@ -12,7 +12,7 @@ from fam_lightning.datamodules.fewshot import FewShotDataModule
 from fam_lightning.metrics import EpisodeAccuracy
 from fam_lightning.models import FewShotClassifier
 from fam_lightning.reliability import NonFiniteCount
-from tests.helpers.cli import REPO, TINY_DATA_ARGS, run_cli
+from tests.helpers.cli import REPO, SMALL_EPISODE_ARGS, TINY_DATA_ARGS, run_cli
 from tests.helpers.events import read_events
 
 WAYS, SHOTS, QUERIES, SIZE, CLASSES = 3, 2, 4, 32, 6
@@ -174,8 +174,8 @@ def test_stacked_loaders_batch_the_same_episodes_in_the_same_order(data_dir: Pat
 def test_cli_fit_with_two_episodes_per_batch(tmp_path: Path, data_dir: Path) -> None:
     run_cli(
         ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), *TINY_DATA_ARGS,
-         "--data.data_dir", str(data_dir), "--data.init_args.episodes_per_batch", "2",
-         "--data.train_episodes", "4", "--data.val_episodes", "3", "--trainer.max_epochs", "1"],
+         "--data.data_dir", str(data_dir), "--data.init_args.episodes_per_batch", "2", *SMALL_EPISODE_ARGS,
+         "--data.train_episodes", "4", "--data.val_episodes", "1", "--trainer.max_epochs", "1"],
         cwd=tmp_path,
     )
     scalars, images = read_events(tmp_path / "logs" / "quickstart" / "version_0")
