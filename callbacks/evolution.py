@@ -12,7 +12,7 @@ Both go to the run folder (``<log_dir>/fam_evolution/``) and to TensorBoard
 :class:`EvolutionRecord` keeps, per logged validation, the probe maps at tile
 size and the energies on the host (one copy per validation, not per step);
 the drawing is :func:`fam_lightning.visualize.filmstrip` and
-:func:`fam_lightning.plots.energy_evolution_figure`. The record lives in
+:func:`fam_lightning.visualize.plots.energy_evolution_figure`. The record lives in
 memory: after a resume it starts at the resumed run's first validation.
 """
 
@@ -27,10 +27,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fam_lightning.visualize import RED, YELLOW, denormalize, draw_boxes, filmstrip, resize_longer_side
+from fam_lightning.visualize import (
+    BLACK,
+    DARK_GREEN,
+    RED,
+    YELLOW,
+    class_label,
+    denormalize,
+    draw_boxes,
+    filmstrip,
+    resize_longer_side,
+)
 
-BLACK = (0.0, 0.0, 0.0)
-DARK_GREEN = (0.0, 0.55, 0.0)
+__all__ = ["EvolutionRecord", "class_label"]
 ENERGY = "_energy_pointing_game"
 UNIFORM_TAG = "val/fam_energy_uniform_baseline"
 
@@ -129,7 +138,7 @@ class EvolutionRecord:
             written.append(steps_file)
         steps, series, uniform = self.energy_series(explainers)
         try:  # a dependency since issue 19; an older environment still gets its filmstrips
-            from fam_lightning.plots import energy_evolution_figure, figure_array, save_figure
+            from fam_lightning.visualize.plots import energy_evolution_figure, figure_array, save_figure
         except ImportError as err:
             warnings.warn(f"FAMCallback: no energy plot at the end of fit ({err}); pip install matplotlib")
             return written
@@ -143,8 +152,3 @@ class EvolutionRecord:
                                      dataformats="HWC")
         return written
 
-
-def class_label(names: list[str] | None, label: float) -> str:
-    """The display name of class index ``label`` (a float from a host copy), or the index itself."""
-    index = int(round(label))
-    return names[index] if names is not None and 0 <= index < len(names) else f"{index}"

@@ -18,6 +18,7 @@ from types import ModuleType
 
 # old module -> new module (add a line for every module you move)
 MOVED: dict[str, str] = {
+    "fam_lightning.plots": "fam_lightning.visualize.plots",
     "fam_lightning.datamodules.checks": "fam_lightning.datamodules.formats.checks",
     "fam_lightning.datamodules.cub": "fam_lightning.datamodules.formats.cub",
     "fam_lightning.datamodules.imagenet": "fam_lightning.datamodules.formats.imagenet",

@@ -1,4 +1,5 @@
-"""Evaluation metrics: localisation (eq. 19, 20), faithfulness (eq. 21, 22), few-shot accuracy, retrieval."""
+"""Evaluation metrics: localisation (eq. 19, 20), faithfulness (eq. 21, 22), few-shot accuracy, retrieval, rank
+correlation; :class:`ExplanationMetrics` holds the localisation + faithfulness metrics of every explainer."""
 
 from fam_lightning.metrics.deletion_insertion import DeletionAUC, InsertionAUC, deletion_insertion_auc
 from fam_lightning.metrics.faithfulness import (
@@ -7,6 +8,7 @@ from fam_lightning.metrics.faithfulness import (
     average_drop,
     increase_in_confidence,
 )
+from fam_lightning.metrics.explanation import ExplanationMetrics, faithfulness_scores
 from fam_lightning.metrics.fewshot import EpisodeAccuracy, accuracy_with_ci, episode_accuracy
 from fam_lightning.metrics.localization import (
     Boxes,
@@ -19,9 +21,14 @@ from fam_lightning.metrics.localization import (
     pad_boxes,
     saliency_to_box,
 )
+from fam_lightning.metrics.rank import average_ranks, spearman
 from fam_lightning.metrics.retrieval import RecallAtK, map_at_r, recall_at_k
 
 __all__ = [
+    "ExplanationMetrics",
+    "average_ranks",
+    "faithfulness_scores",
+    "spearman",
     "DeletionAUC",
     "InsertionAUC",
     "deletion_insertion_auc",

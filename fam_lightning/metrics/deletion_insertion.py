@@ -160,6 +160,16 @@ class _AUCMean(Metric):
         self.num_valid += valid.sum()
         self.num_excluded += (~valid).sum()
 
+    def scored(self) -> bool:
+        """Whether any rank gave this metric a sample (a NaN one counts). A collective under DDP."""
+        with self.sync_context():
+            return bool(int(self.num_valid) + int(self.num_excluded) > 0)
+
+    def any_nan(self) -> Tensor:
+        """Whether any rank saw a NaN AUC (the mean leaves those out; a NaN must not be averaged away)."""
+        with self.sync_context():
+            return self.num_excluded > 0
+
     def compute(self) -> Tensor:
         """Mean AUC over valid samples (0 when none), float64 scalar."""
         return torch.where(self.num_valid > 0, self.auc_sum / self.num_valid.clamp_min(1), 0.0)

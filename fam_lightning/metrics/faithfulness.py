@@ -156,6 +156,12 @@ class _FaithfulnessMetric(Metric):
         self.num_excluded += num_excluded
         self.num_nan += num_nan
 
+    def scored(self) -> bool:
+        """Whether any rank gave this metric a sample with a value (NaN counts: it must show; ``Y <= 0`` gives
+        none). A collective under DDP."""
+        with self.sync_context():
+            return bool(int(self.num_valid) + int(self.num_nan) > 0)
+
     def compute(self) -> Tensor:
         """Mean over valid samples in percent (0 when none, NaN after any NaN score), float64 scalar."""
         return _mean_over_valid(self.score_sum, self.num_valid, self.num_nan)

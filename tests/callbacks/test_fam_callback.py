@@ -9,7 +9,7 @@ import torch
 
 from fam_lightning.callbacks import FAMCallback
 from fam_lightning.metrics import (
-    EnergyPointingGame,
+    ExplanationMetrics,
     IncreaseInConfidence,
     average_drop,
     deletion_insertion_auc,
@@ -44,7 +44,7 @@ def test_update_matches_functional_metrics_on_correct_queries() -> None:
     torch.testing.assert_close(got.float(), energy_pointing_game(maps, boxes).mean())
     torch.testing.assert_close(callback.metrics["fam"]["iou"].compute().float(), localization_iou(maps, boxes).mean())
     box_fraction = (16 * 16) / (32 * 32)
-    torch.testing.assert_close(callback.uniform_energy.compute().float(), torch.tensor(box_fraction))
+    torch.testing.assert_close(callback.metrics.uniform_energy.compute().float(), torch.tensor(box_fraction))
     assert callback.metrics["fam"]["average_drop"].update_called
 
 
@@ -163,9 +163,9 @@ def test_unchanged_image_is_no_increase_in_confidence() -> None:
 
 
 def callback_rtol(inputs) -> float:
-    from fam_lightning.callbacks.fam import _round_off_rtol
+    from fam_lightning.metrics.explanation import round_off_rtol
 
-    return _round_off_rtol(inputs.embeddings.dtype)
+    return round_off_rtol(inputs.embeddings.dtype)
 
 
 def test_one_pass_faithfulness_equals_the_two_pass_computation() -> None:
@@ -220,7 +220,7 @@ def test_deletion_insertion_is_an_option_off_by_default() -> None:
         deletion, insertion = deletion_insertion_auc(
             model, inputs.images[keep], callback.explain(inputs)[keep], inputs.references[keep], steps=4
         )
-    values = callback._metric_values("val")
+    values = callback.metrics.compute("val")
     torch.testing.assert_close(values["val/fam_deletion_auc"].float(), deletion.mean())
     torch.testing.assert_close(values["val/fam_insertion_auc"].float(), insertion.mean())
 
@@ -264,7 +264,7 @@ def test_images_without_boxes_are_left_out_of_localisation() -> None:
         inputs.boxes = [torch.empty(0, 4) if i % 2 else torch.tensor([[4.0, 4.0, 20.0, 20.0]]) for i in range(n)]
         callback._update(model, {"explain": inputs}, batch_idx=0)
         annotated = [int(i) for i in keep if int(i) % 2 == 0]
-    assert int(callback.uniform_energy.num_samples) == len(annotated) > 0
+    assert int(callback.metrics.uniform_energy.num_samples) == len(annotated) > 0
     assert int(callback.metrics["fam"]["iou"].num_samples) == len(annotated)
     assert int(callback.metrics["fam"]["average_drop"].num_valid) + int(
         callback.metrics["fam"]["average_drop"].num_excluded) == keep.numel()  # faithfulness uses all
@@ -282,7 +282,8 @@ def test_draw_boxes_skips_images_without_boxes() -> None:
 def test_untrained_energy_scores_every_decision_right_or_wrong() -> None:
     """The step-0 baseline is class-agnostic: it uses all decisions, while the metrics use the right ones."""
     callback, model, batch = _setup()
-    callback._untrained_energy = torch.nn.ModuleDict({"fam": EnergyPointingGame()})
+    callback._untrained_energy = ExplanationMetrics(["fam"], kinds=("energy_pointing_game",), decisions="all",
+                                                    uniform_baseline=False)
     with torch.inference_mode():
         inputs = model.explanation_inputs(batch)
         callback._update(model, {"explain": inputs}, batch_idx=0)
@@ -299,4 +300,4 @@ def test_metrics_without_a_scored_decision_give_no_value_rather_than_zero() -> N
         inputs = model.explanation_inputs(batch)
         inputs.correct = torch.zeros_like(inputs.correct)  # nothing right yet (an untrained retriever)
         callback._update(model, {"explain": inputs}, batch_idx=0)
-    assert callback._metric_values("val") == {}
+    assert callback.metrics.compute("val") == {}

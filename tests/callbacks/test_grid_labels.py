@@ -7,31 +7,15 @@ from types import SimpleNamespace
 
 import torch
 
-from fam_lightning.callbacks.fam import _vote_weights, class_names, scalars_layout
-from fam_lightning.protocol import ExplanationInputs
-from fam_lightning.visualize import _font, fit_width
-
-
-def _inputs(weights: torch.Tensor | None, references: int) -> ExplanationInputs:
-    b = 2 if weights is None else weights.shape[0]
-    return ExplanationInputs(
-        images=torch.zeros(b, 3, 8, 8), feature_maps=torch.zeros(b, 4, 2, 2), embeddings=torch.zeros(b, 4),
-        references=torch.zeros(b, 5, 4), reference_weights=weights,
-        reference_images=torch.zeros(b, references, 3, 8, 8), correct=torch.ones(b, dtype=torch.bool),
-    )
+from fam_lightning.callbacks.fam import class_names, scalars_layout
+from fam_lightning.visualize import fit_width, vote_shares
+from fam_lightning.visualize.primitives import _font
 
 
 def test_vote_shares_are_of_the_predicted_class_strongest_first() -> None:
     weights = torch.tensor([[0.0, 2.0, 1.0, 0.0, 1.0], [3.0, 0.0, 0.0, 1.0, 0.0]])
-    shares = _vote_weights(_inputs(weights, references=3))
+    shares = vote_shares(weights, 3)
     assert torch.allclose(shares, torch.tensor([[0.5, 0.25, 0.25], [0.75, 0.25, 0.0]]))
-
-
-def test_no_vote_shares_without_weights_or_several_references() -> None:
-    assert _vote_weights(_inputs(None, references=3)).numel() == 0
-    flat = _inputs(torch.ones(2, 5), references=1)
-    flat.reference_images = torch.zeros(2, 3, 8, 8)  # one reference image per decision (few-shot, retrieval)
-    assert _vote_weights(flat).numel() == 0
 
 
 def test_class_names_prefer_display_names_through_wrapping_data_sets() -> None:

@@ -1,4 +1,5 @@
-"""Heatmap overlays and probe grids as batched torch ops (no matplotlib); text via PIL on the host."""
+"""Drawing primitives as batched torch ops (no matplotlib): overlays, boxes, frames, tiles, filmstrips; text via PIL
+on the host."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GREEN = (0.1, 0.9, 0.1)
 RED = (0.95, 0.1, 0.1)
 YELLOW = (1.0, 0.85, 0.0)
+BLACK = (0.0, 0.0, 0.0)
+WHITE = (1.0, 1.0, 1.0)
+DARK_GREEN = (0.0, 0.55, 0.0)  # GREEN is a frame colour; text on white needs a darker one
 
 
 def denormalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
@@ -145,6 +149,12 @@ def fit_width(text: str, width: int, font_size: int) -> str:
     while len(text) > 1 and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
+
+
+def class_label(names: Sequence[str] | None, label: float) -> str:
+    """The display name of class index ``label`` (a float from a host copy), or the index itself."""
+    index = int(round(label))
+    return names[index] if names is not None and 0 <= index < len(names) else f"{index}"
 
 
 def _font(size: int) -> Any:

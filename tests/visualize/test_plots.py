@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from fam_lightning import plots
+from fam_lightning.visualize import plots
 
 
 def _lines(axis) -> dict[str, np.ndarray]:
@@ -63,3 +63,13 @@ def test_paired_differences_skip_fam_and_mark_zero(tmp_path) -> None:
     assert [t.get_text() for t in axis.get_yticklabels()] == ["gradcam"]
     path = plots.save_figure(figure, tmp_path / "sub" / "d.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_old_module_paths_still_import() -> None:
+    import importlib
+
+    assert importlib.import_module("fam_lightning.plots") is plots  # moved into fam_lightning.visualize
+    from fam_lightning.visualize import overlay
+    from fam_lightning.visualize.primitives import overlay as primitive
+
+    assert overlay is primitive  # fam_lightning.visualize (a module before) keeps its names
