@@ -38,364 +38,49 @@ Model and data module come from the checkpoint, overridden as in every
 +-1.5 points on the quickstart model: the per-decision energy's sd is 9-22
 points there (measured on 1000 decisions: CF-CAM 8.9, FAM 11.0, Eigen-CAM
 21.5), and 1.96 x 21.5 / sqrt(1000) = 1.33.
+
+Layout: :mod:`~fam_lightning.tools.benchmark_recorder` (the callback that explains and scores),
+:mod:`~fam_lightning.tools.benchmark_stats` (intervals, paired differences),
+:mod:`~fam_lightning.tools.benchmark_report` (tables, CSV, plots); this module is the command, and every
+name stays importable from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import math
 import shlex
 import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
 
 from fam_lightning.console import quiet_lightning
-from fam_lightning.callbacks.fam import FAMCallback, _annotated, _round_off_rtol, _select
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, load_model, read_checkpoint
-from fam_lightning.metrics import energy_pointing_game, localization_iou
-from fam_lightning.metrics.bootstrap import Interval, bootstrap_band, bootstrap_ci, paired_bootstrap_ci
-from fam_lightning.metrics.deletion_insertion import deletion_insertion_curves
-from fam_lightning.metrics.faithfulness import average_drop_per_sample, increase_in_confidence_per_sample
-from fam_lightning.protocol import ExplanationInputs
-from fam_lightning.io import atomic_write
 from fam_lightning.tools.common import Overrides, ToolParser, add_checkpoint_arguments, parse_tool_args
 from fam_lightning.tools.sanity import data_overrides
-
-UNIFORM = "uniform"
-REFERENCE = "fam"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A per-decision metric: its key, the table's column name, and which way is better."""
-
-    key: str
-    label: str
-    higher_is_better: bool | None
-    digits: int
-
-
-METRICS = (
-    Metric("energy", "energy (%)", True, 1),
-    Metric("iou", "IoU (%)", True, 1),
-    Metric("average_drop", "AD (%)", False, 1),
-    Metric("increase_in_confidence", "IC (%)", True, 1),
-    Metric("deletion_auc", "deletion AUC", False, 3),
-    Metric("insertion_auc", "insertion AUC", True, 3),
-    Metric("ms_per_image", "ms / image", None, 2),
+from fam_lightning.tools.benchmark_recorder import (  # noqa: F401  (re-exported: the names fam-benchmark always had)
+    METRICS,
+    REFERENCE,
+    UNIFORM,
+    DecisionRecorder,
+    Metric,
+    Records,
+    UniformMap,
+    _Enough,
+)
+from fam_lightning.tools.benchmark_report import (  # noqa: F401  (re-exported: the names fam-benchmark always had)
+    decision_rows,
+    markdown_tables,
+    write_outputs,
+)
+from fam_lightning.tools.benchmark_stats import (  # noqa: F401  (re-exported: the names fam-benchmark always had)
+    summarize,
 )
 
 
-class UniformMap:
-    """A constant map: what a map that knows nothing scores (the chance level of every metric)."""
-
-    def __call__(self, images: Tensor, references: Tensor | None = None, reference_weights: Tensor | None = None,
-                 feature_maps: Tensor | None = None) -> Tensor:
-        return images.new_ones(images.shape[0], *images.shape[-2:])
-
-
-class _Enough(Exception):
-    """Raised by the recorder once the requested decisions are explained: ends the evaluation loop early."""
-
-
-@dataclass
-class Records:
-    """Per-decision values of one explainer, in decision order (lists of per-batch tensors until finished)."""
-
-    values: dict[str, list[Tensor]] = field(default_factory=lambda: {m.key: [] for m in METRICS})
-    deletion: list[Tensor] = field(default_factory=list)
-    insertion: list[Tensor] = field(default_factory=list)
-    nonfinite: list[Tensor] = field(default_factory=list)
-
-
-class DecisionRecorder(L.Callback):
-    """Explains the eval steps' decisions with every explainer and keeps each decision's metrics.
-
-    Args:
-        explainers: names (``EXPLAINERS``); the uniform map is added.
-        decisions: stop after this many explained decisions.
-        steps: deletion / insertion curve steps.
-        all_decisions: explain wrong decisions too (default: correct ones only, as the paper).
-        ic_rtol: Increase-in-Confidence tolerance (None: float round-off of the embeddings' dtype).
-        progress: show a progress bar over the decisions.
-    """
-
-    def __init__(self, explainers: Sequence[str], decisions: int, steps: int = 10, all_decisions: bool = False,
-                 ic_rtol: float | None = None, progress: bool = True) -> None:
-        self.names = [*explainers, UNIFORM]
-        self.decisions = decisions
-        self.steps = steps
-        self.all_decisions = all_decisions
-        self.ic_rtol = ic_rtol
-        self.progress = progress
-        self.ids: list[str] = []
-        self.records = {name: Records() for name in self.names}
-        self.seen = 0  # decisions the model made (right or wrong) in the batches looked at
-        self._explainers: dict[str, Any] = {}
-        self._bar: Any = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._explainers = {name: EXPLAINERS[name](pl_module) for name in self.names if name != UNIFORM}
-        self._explainers[UNIFORM] = UniformMap()
-        self._bar = tqdm(total=self.decisions, desc="decisions explained", unit="decision",
-                         disable=not self.progress, dynamic_ncols=True)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.record(pl_module, outputs, f"test:{dataloader_idx}:{batch_idx}")
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.record(pl_module, outputs, f"val:{dataloader_idx}:{batch_idx}")
-
-    def record(self, pl_module: L.LightningModule, outputs: Any, batch_id: str) -> None:
-        """Explain and score one batch's decisions; raises ``_Enough`` when the count is reached."""
-        if outputs is None:
-            return  # a batch without decisions (a retrieval gallery pass)
-        inputs = outputs.get("explain") if isinstance(outputs, dict) else None
-        if not isinstance(inputs, ExplanationInputs):
-            raise TypeError(f"{type(pl_module).__name__}'s eval step must return {{'explain': ExplanationInputs}} "
-                            f"for fam-benchmark, got {type(outputs).__name__}")
-        self.seen += inputs.correct.numel()
-        rows = torch.arange(inputs.correct.numel()) if self.all_decisions else inputs.correct.cpu().nonzero()[:, 0]
-        rows = rows[: self.decisions - len(self.ids)].tolist()  # the one host sync of the batch's bookkeeping
-        if rows:
-            self._score(pl_module, _select(inputs, torch.tensor(rows, device=inputs.correct.device), rows))
-            self.ids += [f"{batch_id}:{row}" for row in rows]
-            self._bar.update(len(rows))
-        if len(self.ids) >= self.decisions:
-            raise _Enough
-
-    def _score(self, pl_module: L.LightningModule, inputs: ExplanationInputs) -> None:
-        batch = inputs.images.shape[0]
-        boxed, boxes = _annotated(inputs.boxes)
-        boxed = torch.arange(batch, device=inputs.images.device) if boxed is None else boxed
-        rtol = self.ic_rtol if self.ic_rtol is not None else _round_off_rtol(inputs.embeddings.dtype)
-        device = inputs.images.device
-        first = not self.ids
-        for name in self.names:
-            explainer = self._explainers[name]
-
-            def explain() -> Tensor:
-                return explainer(inputs.images, inputs.references, inputs.reference_weights,
-                                 feature_maps=inputs.feature_maps)
-
-            if first:
-                explain()  # warm-up: lazy initialisation and kernel selection stay out of the timing
-            _synchronize(device)
-            start = time.perf_counter()
-            maps = explain()
-            _synchronize(device)
-            seconds = time.perf_counter() - start
-            values = self.records[name].values
-            values["ms_per_image"].append(torch.full((batch,), 1e3 * seconds / batch, dtype=torch.float64))
-            nan = torch.full((batch,), math.nan, dtype=torch.float64, device=device)
-            energy, iou = nan.clone(), nan.clone()
-            if boxes is not None:
-                energy[boxed] = 100.0 * energy_pointing_game(maps[boxed], boxes).double()
-                iou[boxed] = 100.0 * localization_iou(maps[boxed], boxes).double()
-            values["energy"].append(energy)
-            values["iou"].append(iou)
-            y, o = FAMCallback.faithfulness_scores(pl_module, inputs, maps)
-            y, o = y.double(), o.double()
-            # the metric classes' per-sample twins: Y <= 0 excluded (NaN here, left out of the means)
-            values["average_drop"].append(average_drop_per_sample(y, o))
-            values["increase_in_confidence"].append(increase_in_confidence_per_sample(y, o, rtol))
-            deletion, insertion = deletion_insertion_curves(
-                pl_module, inputs.images, maps, inputs.references, inputs.reference_weights, steps=self.steps
-            )
-            deletion, insertion = deletion.double(), insertion.double()
-            values["deletion_auc"].append(torch.trapezoid(deletion, dx=1.0 / self.steps, dim=1))
-            values["insertion_auc"].append(torch.trapezoid(insertion, dx=1.0 / self.steps, dim=1))
-            record = self.records[name]
-            record.deletion.append(deletion)
-            record.insertion.append(insertion)
-            # a NaN map or score is never dropped as "not scored": it makes the explainer's figures NaN
-            record.nonfinite.append(~maps.flatten(1).isfinite().all(1) | ~y.isfinite() | ~o.isfinite())
-
-    def finished(self) -> dict[str, dict[str, np.ndarray]]:
-        """``{explainer: {metric: (N,), "deletion_curve": (N, T), "insertion_curve": (N, T), "nonfinite": (N,)}}``."""
-        result = {}
-        for name, record in self.records.items():
-            arrays = {key: _host(parts) for key, parts in record.values.items()}
-            arrays["deletion_curve"] = _host(record.deletion)
-            arrays["insertion_curve"] = _host(record.insertion)
-            arrays["nonfinite"] = _host(record.nonfinite).astype(bool)
-            result[name] = arrays
-        return result
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _host(parts: list[Tensor]) -> np.ndarray:
-    return torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
-
-
-# -- statistics -------------------------------------------------------------------------------
-def _scored(arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
-    """Rows a metric scores: finite values (NaN = not scored: no box, Y <= 0), or a real NaN to report."""
-    return np.isfinite(arrays[key]) | arrays["nonfinite"]
-
-
-def summarize(
-    results: dict[str, dict[str, np.ndarray]], ids: Sequence[str], confidence: float = 0.95,
-    resamples: int = 10_000, seed: int = 0,
-) -> list[dict[str, Any]]:
-    """One row per explainer and metric: n, mean and interval, and the paired difference to FAM.
-
-    The difference uses the decisions both explainers score (for AD / IC the
-    same ``Y > 0`` decisions, for energy / IoU those with boxes: the same rows).
-    A non-finite map or score on a scored decision makes that row NaN.
-    """
-    rows = []
-    reference = results.get(REFERENCE)
-    ids = np.asarray(ids)
-    for name, arrays in results.items():
-        for metric in METRICS:
-            scored = _scored(arrays, metric.key)
-            values = arrays[metric.key][scored]
-            row: dict[str, Any] = {"explainer": name, "metric": metric.key, "n": int(scored.sum()),
-                                   "nonfinite": int(arrays["nonfinite"][scored].sum())}
-            row.update(_interval_fields("", _interval(values, confidence, resamples, seed)))
-            if reference is not None and name != REFERENCE:
-                both = scored & _scored(reference, metric.key)
-                difference = None
-                if both.any() and np.isfinite(arrays[metric.key][both]).all() \
-                        and np.isfinite(reference[metric.key][both]).all():
-                    difference = paired_bootstrap_ci(
-                        arrays[metric.key][both], reference[metric.key][both], ids[both], ids[both],
-                        confidence=confidence, resamples=resamples, seed=seed,
-                    )
-                row.update(_interval_fields("diff_to_fam_", difference, nan=both.any()))
-            rows.append(row)
-    return rows
-
-
-def _interval(values: np.ndarray, confidence: float, resamples: int, seed: int) -> Interval | None:
-    if values.size == 0 or not np.isfinite(values).all():
-        return None
-    return bootstrap_ci(values, confidence=confidence, resamples=resamples, seed=seed)
-
-
-def _interval_fields(prefix: str, interval: Interval | None, nan: bool = True) -> dict[str, float | str]:
-    if interval is None:
-        fill: float | str = math.nan if nan else ""
-        return {f"{prefix}mean": fill, f"{prefix}low": fill, f"{prefix}high": fill}
-    return {f"{prefix}mean": interval.mean, f"{prefix}low": interval.low, f"{prefix}high": interval.high}
-
-
-# -- tables -----------------------------------------------------------------------------------
-def _cell(row: dict[str, Any], prefix: str, digits: int, signed: bool = False) -> str:
-    mean, low, high = (row.get(f"{prefix}{part}", "") for part in ("mean", "low", "high"))
-    if mean == "":
-        return ""
-    if isinstance(mean, float) and math.isnan(mean):
-        return "NaN" if row["n"] else "-"
-    sign = "+" if signed else ""
-    return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
-
-
-def markdown_tables(rows: list[dict[str, Any]], header: str) -> str:
-    """Means with intervals (explainer x metric), then the paired differences to FAM."""
-    names = list(dict.fromkeys(row["explainer"] for row in rows))
-    by = {(row["explainer"], row["metric"]): row for row in rows}
-    columns = " | ".join(m.label + ("" if m.higher_is_better is None else (" higher" if m.higher_is_better
-                                                                              else " lower")) for m in METRICS)
-    lines = [header, "", "Mean [95 % bootstrap interval] over the explained decisions:", "",
-             f"| explainer | n | {columns} |", "|---|---:|" + "---:|" * len(METRICS)]
-    for name in names:
-        n = by[(name, "energy")]["n"] if by[(name, "energy")]["n"] else by[(name, "average_drop")]["n"]
-        cells = " | ".join(_cell(by[(name, m.key)], "", m.digits) for m in METRICS)
-        lines.append(f"| {name} | {n} | {cells} |")
-    if any("diff_to_fam_mean" in row for row in rows):
-        lines += ["", "Paired difference to FAM on the same decisions, explainer - fam [95 % interval] "
-                  "(an interval excluding 0: a difference at that level):", "",
-                  f"| explainer | {columns} |", "|---|" + "---:|" * len(METRICS)]
-        for name in names:
-            if name == REFERENCE:
-                continue
-            cells = " | ".join(_cell(by[(name, m.key)], "diff_to_fam_", m.digits, signed=True) for m in METRICS)
-            lines.append(f"| {name} | {cells} |")
-    return "\n".join(lines) + "\n"
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), newline=""))
-
-
-def decision_rows(results: dict[str, dict[str, np.ndarray]], ids: Sequence[str]) -> list[dict[str, Any]]:
-    """Every decision's values, one row per (decision, explainer)."""
-    rows = []
-    for name, arrays in results.items():
-        for i, decision in enumerate(ids):
-            rows.append({"decision": decision, "explainer": name,
-                         **{m.key: float(arrays[m.key][i]) for m in METRICS},
-                         "nonfinite": bool(arrays["nonfinite"][i])})
-    return rows
-
-
-def write_outputs(
-    out: Path, results: dict[str, dict[str, np.ndarray]], ids: Sequence[str], rows: list[dict[str, Any]],
-    header: str, steps: int, confidence: float, seed: int,
-) -> list[Path]:
-    """summary.csv / .md, decisions.csv and the three plots under ``out``; returns the paths."""
-    from fam_lightning import plots  # matplotlib is only needed here
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "summary.csv", out / "summary.md", out / "decisions.csv"]
-    _write_csv(paths[0], rows)
-    text = markdown_tables(rows, header)
-    atomic_write(paths[1], lambda tmp: tmp.write_text(text))
-    _write_csv(paths[2], decision_rows(results, ids))
-    fractions = np.linspace(0.0, 1.0, steps + 1)
-    bands = {}
-    for kind in ("deletion", "insertion"):
-        bands[kind] = {
-            name: bootstrap_band(arrays[f"{kind}_curve"][~arrays["nonfinite"]], confidence=confidence, seed=seed)
-            for name, arrays in results.items() if (~arrays["nonfinite"]).any()
-        }
-    figures = {
-        "curves.png": plots.deletion_insertion_figure(fractions, bands["deletion"], bands["insertion"]),
-        "metrics.png": plots.metric_intervals_figure(rows, [(m.key, m.label) for m in METRICS[:4]]),
-        "differences.png": plots.paired_differences_figure(rows, [(m.key, _direction(m)) for m in METRICS[:6]]),
-    }
-    for filename, figure in figures.items():
-        paths.append(out / filename)
-        plots.save_figure(figure, paths[-1])
-    return paths
-
-
-def _direction(metric: Metric) -> str:
-    """``energy (%): right of 0 = higher than FAM, better``: how to read a difference panel."""
-    better = "right" if metric.higher_is_better else "left"
-    return f"{metric.label}\n{better} of 0: better than FAM"
-
-
-# -- command line -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(prog="fam-benchmark", description=__doc__.splitlines()[0])
     add_checkpoint_arguments(parser)
