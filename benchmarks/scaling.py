@@ -4,8 +4,11 @@
 anything clearly above 1 is a bug, not a figure). Four parts, each on its own:
 
 - ``data``: ImageNet-layout setup on a listing of 10 k, 100 k, 300 k tiny files
-  written under /tmp (1000 class folders; the same 8 x 8 JPEG bytes in every
-  file, one VOC XML box per image) and deleted afterwards: the listing +
+  under /tmp (1000 class folders; every image a hard link to its class's one
+  8 x 8 JPEG, every VOC XML box one to its class's one XML file: one directory
+  entry and one stat per file as with separate files, but creating and deleting
+  600 k names costs seconds, not the minutes that 600 k separate files took
+  on a disk mounted with ``discard``), deleted afterwards: the listing +
   existence check the training split gets (``read_boxes=False``), and the
   listing + XML parsing + header / box checks a boxed split gets, each
   extrapolated to 1.28 M files with the fitted exponent. The page cache is
@@ -13,7 +16,13 @@ anything clearly above 1 is a bug, not a figure). Four parts, each on its own:
 - ``knn``: 10 k queries, NPID's weighted vote (K = 200) over banks of 100 k,
   400 k and 1.28 M x 128 (torch backend, bounded blocks; faiss-cpu with 1 k
   queries, scaled x 10), each in a fresh process whose peak resident memory
-  (``VmHWM``) is printed; then the peak at 1.28 M per ``max_chunk_bytes``.
+  (``VmHWM``) is printed. In the same process, a bare reference: matmul +
+  ``topk`` over fixed 64-query blocks (1 k queries, scaled x 10), whose work
+  per query and bank row does not depend on N, so its growth exponent is the
+  machine's (caches, memory bandwidth, load) and the index's exponent is read
+  beside it. Then the peak at 1.28 M for ``max_chunk_bytes`` 256 MiB and 4 GiB
+  (the 1 GiB default is the main run's), each over one block + 1 query (the
+  second block reuses the first one's buffer).
 - ``bank``: two processes (gloo on 127.0.0.1): filling the memory bank once
   (every image's embedding gathered from both ranks in batches of 256 per rank,
   then ``MemoryBank.update``), one all-gather of a whole bank shard, and one
@@ -28,15 +37,9 @@ anything clearly above 1 is a bug, not a figure). Four parts, each on its own:
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import math
 import os
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,12 +49,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.scaling_data import part_data  # noqa: E402
+from benchmarks.scaling_knn import DIM, part_knn  # noqa: E402
+
 IMAGENET_TRAIN = 1_281_167
 DATA_SIZES = (10_000, 100_000, 300_000)
 BANK_SIZES = (100_000, 400_000, 1_280_000)
-QUERIES = 10_000
-DIM = 128
-CLASSES = 1000
 
 
 def growth(sizes: list[float], seconds: list[float]) -> float:
@@ -63,167 +66,6 @@ def extrapolate(sizes: list[float], seconds: list[float], target: float) -> floa
     """Seconds at ``target`` from the power law fitted to the measured points."""
     slope, intercept = np.polyfit(np.log(sizes), np.log(seconds), 1)
     return float(math.exp(intercept + slope * math.log(target)))
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (VmHWM) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak_rss() -> None:
-    """Restart VmHWM at the current resident size (Linux: ``echo 5 > /proc/self/clear_refs``)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-# --------------------------------------------------------------------------- data setup
-def _tiny_jpeg() -> bytes:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new("RGB", (8, 8), (120, 30, 200)).save(out, "JPEG")
-    return out.getvalue()
-
-
-XML = ("<annotation><size><width>8</width><height>8</height></size><object><name>{wnid}</name>"
-       "<bndbox><xmin>2</xmin><ymin>2</ymin><xmax>7</xmax><ymax>7</ymax></bndbox></object></annotation>")
-
-
-def _grow(root: Path, total: int, jpeg: bytes) -> float:
-    """Add files until ``root/train`` holds ``total`` images (and as many XML boxes); returns seconds."""
-    start = time.perf_counter()
-    classes = min(CLASSES, total)
-    per_class = total // classes
-    for c in range(classes):
-        wnid = f"n{c:08d}"
-        images, boxes = root / "train" / wnid, root / "boxes" / "train" / wnid
-        images.mkdir(parents=True, exist_ok=True)
-        boxes.mkdir(parents=True, exist_ok=True)
-        have = len(os.listdir(images))
-        xml = XML.format(wnid=wnid).encode()
-        for i in range(have, per_class):
-            stem = f"{wnid}_{i:06d}"
-            (images / f"{stem}.JPEG").write_bytes(jpeg)
-            (boxes / f"{stem}.xml").write_bytes(xml)
-    return time.perf_counter() - start
-
-
-def _best_of(fn, repeats: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def part_data(sizes: tuple[int, ...]) -> list[tuple[str, list[int], list[float], str]]:
-    from fam_lightning.datamodules.formats.imagenet_index import check_imagenet_index, read_imagenet_split
-
-    root = Path(tempfile.mkdtemp(prefix="fam_scaling_", dir="/tmp"))
-    jpeg = _tiny_jpeg()
-    listing, boxed = [], []
-    try:
-        for n in sizes:
-            written = _grow(root, n, jpeg)
-            index = read_imagenet_split(root, "train", read_boxes=False)
-            assert len(index) == n, (len(index), n)
-
-            def train_setup() -> None:  # what ContrastiveDataModule does for the training split
-                check_imagenet_index(read_imagenet_split(root, "train", read_boxes=False))
-
-            def boxed_setup() -> None:  # a split with boxes: XML parsing, header reads, box checks
-                checked = check_imagenet_index(read_imagenet_split(root, "train", boxes_dir=root / "boxes"))
-                assert sum(len(b) for b in checked.boxes) == n
-
-            listing.append(_best_of(train_setup))
-            boxed.append(_best_of(boxed_setup, repeats=1))
-            print(f"  data {n:>9,d} files (written in {written:6.1f} s): listing + existence {listing[-1]:7.2f} s, "
-                  f"with XML boxes + header / box checks {boxed[-1]:7.2f} s", flush=True)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return [
-        ("data setup: listing + existence check (training split)", list(sizes), listing, "s"),
-        ("data setup: listing + XML boxes + header / box checks", list(sizes), boxed, "s"),
-    ]
-
-
-# --------------------------------------------------------------------------- kNN
-KNN_CHILD = r"""
-import json, sys, time
-import torch
-sys.path.insert(0, {root!r})
-from fam_lightning.knn import KNNIndex
-from benchmarks.scaling import peak_rss_mib, reset_peak_rss
-torch.set_num_threads({threads})
-size, queries, backend, max_chunk_bytes = {size}, {queries}, {backend!r}, {max_chunk_bytes}
-g = torch.Generator().manual_seed(0)
-bank = torch.nn.functional.normalize(torch.randn(size, {dim}, generator=g), dim=1)
-labels = torch.randint(0, 1000, (size,), generator=g)
-q = torch.randn(queries, {dim}, generator=g)
-index = KNNIndex(backend=backend, metric="cosine", max_chunk_bytes=max_chunk_bytes)
-index.add(bank, labels)
-del bank
-index.classify(q[:8], k=200)  # warm-up, builds the index
-setup_peak = peak_rss_mib()
-reset_peak_rss()  # from here VmHWM is the search's own peak
-start = time.perf_counter()
-scores, _, _ = index.classify(q, k=200)
-seconds = time.perf_counter() - start
-print(json.dumps({{"seconds": seconds, "peak_mib": peak_rss_mib(), "setup_peak_mib": setup_peak,
-                  "block": index.block_queries() if backend == "torch" else None}}))
-"""
-
-
-def _knn_child(size: int, queries: int, backend: str, threads: int, max_chunk_bytes: int = 2**30) -> dict:
-    code = KNN_CHILD.format(root=str(ROOT), threads=threads, size=size, queries=queries, backend=backend,
-                            max_chunk_bytes=max_chunk_bytes, dim=DIM)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def part_knn(sizes: tuple[int, ...], threads: int, faiss_queries: int) -> list[tuple[str, list[int], list[float], str]]:
-    from fam_lightning.knn import faiss_available
-
-    torch_s, faiss_s = [], []
-    for n in sizes:
-        r = _knn_child(n, QUERIES, "torch", threads)
-        if "error" in r:
-            raise RuntimeError(f"kNN over {n:,d} x {DIM} failed: {r['error']}")
-        torch_s.append(r["seconds"])
-        bank_mib = n * DIM * 4 / 2**20
-        print(f"  kNN torch  {QUERIES:,d} queries x {n:>9,d} x {DIM}: {r['seconds']:7.2f} s, peak RSS during the search "
-              f"{r['peak_mib']:7.0f} MiB, setup {r['setup_peak_mib']:.0f} MiB (bank {bank_mib:.0f} MiB; "
-              f"{r['block']} queries per block)", flush=True)
-        if faiss_available():
-            r = _knn_child(n, faiss_queries, "faiss", threads)
-            faiss_s.append(r["seconds"] * QUERIES / faiss_queries)
-            print(f"  kNN faiss  {faiss_queries:,d} queries x {n:>9,d} x {DIM}: {r['seconds']:7.2f} s "
-                  f"(x{QUERIES // faiss_queries} = {faiss_s[-1]:.1f} s per {QUERIES:,d}), peak RSS {r['peak_mib']:.0f} MiB",
-                  flush=True)
-    largest = sizes[-1]
-    print(f"  peak resident memory, torch backend, bank {largest:,d} x {DIM} "
-          f"({largest * DIM * 4 / 2**20:.0f} MiB), per similarity block bound:")
-    for max_chunk_bytes in (2**28, 2**30, 2**32):
-        block = max(1, max_chunk_bytes // (largest * 4))
-        r = _knn_child(largest, 2 * block, "torch", threads, max_chunk_bytes)
-        if "error" in r:
-            print(f"    max_chunk_bytes {max_chunk_bytes / 2**30:5.2f} GiB: {r['error']}")
-            continue
-        print(f"    max_chunk_bytes {max_chunk_bytes / 2**30:5.2f} GiB ({block:5d} queries per block): peak RSS "
-              f"during the search {r['peak_mib']:7.0f} MiB (setup {r['setup_peak_mib']:.0f} MiB), "
-              f"{r['seconds'] / (2 * block) * QUERIES:6.1f} s per {QUERIES:,d} queries", flush=True)
-    r = _knn_child(largest, 8, "torch", threads, max_chunk_bytes=2**20)
-    print(f"    max_chunk_bytes 1 MiB: {r.get('error', r)}")
-    rows = [("kNN torch, 10k queries, K=200", list(sizes), torch_s, "s")]
-    if faiss_s:
-        rows.append((f"kNN faiss-cpu (per 10k, from {faiss_queries:,d})", list(sizes), faiss_s, "s"))
-    return rows
 
 
 # --------------------------------------------------------------------------- memory bank under 2 processes
@@ -348,15 +190,14 @@ def main() -> None:
     started = time.perf_counter()
     print(f"machine: {os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
           f"torch {torch.__version__}, {args.threads} threads; load average {os.getloadavg()[0]:.1f}", flush=True)
-    rows = []
-    if "data" in args.parts:
-        rows += part_data(data_sizes)
-    if "knn" in args.parts:
-        rows += part_knn(bank_sizes, args.threads, args.faiss_queries)
-    if "bank" in args.parts:
-        rows += part_bank(bank_sizes, args.threads)
-    if "callback" in args.parts:
-        rows += part_callback((8, 32, 128), args.repeats)
+    rows, part_seconds = [], {}
+    parts = {"data": lambda: part_data(data_sizes), "knn": lambda: part_knn(bank_sizes, args.threads, args.faiss_queries),
+             "bank": lambda: part_bank(bank_sizes, args.threads), "callback": lambda: part_callback((8, 32, 128), args.repeats)}
+    for name, run in parts.items():
+        if name in args.parts:
+            start = time.perf_counter()
+            rows += run()
+            part_seconds[name] = time.perf_counter() - start
     print("\n| what | sizes | seconds | growth exponent | extrapolated |")
     print("|---|---|---|---|---|")
     for name, sizes, seconds, _ in rows:
@@ -365,7 +206,8 @@ def main() -> None:
         extra = f"{extrapolate(sizes, seconds, target):.1f} s at {target:,d} files" if target else ""
         shown = " / ".join(f"{n:,d}" for n in sizes)
         print(f"| {name} | {shown} | {' / '.join(f'{s:.3g}' for s in seconds)} | {slope:.2f} | {extra} |")
-    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.1f}")
+    spent = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in part_seconds.items())
+    print(f"\ntotal {time.perf_counter() - started:.0f} s ({spent}); load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
