@@ -14,18 +14,15 @@ answers, for Q queries, the k most similar entries and a class vote:
   (cosine on L2-normalised rows, dot) or ``faiss.IndexFlatL2`` (euclidean),
   also exact; faiss-gpu (``GpuIndexFlat*``) when ``faiss.StandardGpuResources``
   exists and the bank is on CUDA, otherwise faiss-cpu (on a host copy).
-- ``backend="auto"``: faiss-gpu when faiss was built with GPU support, sees a
-  GPU and the bank is on CUDA (``requirements-gpu.txt``:
-  ``faiss-gpu-cu13-cuvs``); the torch backend otherwise. On CPU the torch
-  backend was measured faster than faiss-cpu (``benchmarks/knn.py``: on 2
-  cores faiss-cpu's flat search took about 4x the torch search), so "auto"
-  never picks faiss-cpu; ask for ``backend="faiss"`` to use it.
+- ``backend="auto"``: faiss-gpu for a CUDA bank when faiss has GPU support
+  (``requirements-gpu.txt``: ``faiss-gpu-cu13-cuvs``), torch otherwise: on 2
+  CPU cores faiss-cpu's flat search took ~4x the torch search
+  (``benchmarks/knn.py``), so "auto" never picks faiss-cpu.
 
 Both backends return the same neighbours (similarities agree to float32
-rounding) as long as the similarities of a query are distinct. **Ties** are
-broken differently (``torch.topk`` and faiss's heaps order equal values
-arbitrarily, and either of two entries tied at the k-th place may be kept), so
-with ties only the returned similarity values are guaranteed to agree.
+rounding) while a query's similarities are distinct; **ties** are ordered
+arbitrarily by both (either of two entries tied at the k-th place may be
+kept), so with ties only the similarity values are guaranteed to agree.
 
 The kNN classifier is NPID's (Wu et al. 2018): each of the k neighbours votes
 for its label with weight ``exp(s / T)`` (K = 200, T = 0.07 in the paper), and
@@ -47,8 +44,9 @@ from torch import Tensor
 from fam_lightning import knn_torch
 from fam_lightning.knn_faiss import FAISS_GPU_MAX_K, FaissFlatIndex, _faiss, faiss_available, faiss_gpu_available
 
-__all__ = ["BACKENDS", "METRICS", "KNNIndex", "faiss_available", "faiss_gpu_available", "topk_accuracy"]
-__all__ += ["FAISS_GPU_MAX_K", "_faiss"]  # re-exported: benchmarks/knn.py and older code import them from here
+__all__ = [  # FAISS_GPU_MAX_K and _faiss too: benchmarks/knn.py and older code import them from here
+    "BACKENDS", "METRICS", "KNNIndex", "faiss_available", "faiss_gpu_available", "topk_accuracy",
+    "FAISS_GPU_MAX_K", "_faiss"]
 
 BACKENDS = ("auto", "torch", "faiss")
 METRICS = ("cosine", "dot", "euclidean")
@@ -91,10 +89,9 @@ class KNNIndex:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, int) or max_chunk_bytes < 1:
-            raise ValueError(f"max_chunk_bytes must be a positive int, got {max_chunk_bytes!r}")
+        for name, value in (("chunk_size", chunk_size), ("max_chunk_bytes", max_chunk_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.max_chunk_bytes = max_chunk_bytes
         if backend == "faiss" and not faiss_available():
             raise ImportError('backend="faiss" needs faiss: pip install faiss-cpu (or use backend="torch")')
@@ -239,14 +236,8 @@ class KNNIndex:
         return knn_torch.search_blocks(rows, q, k, self.block_queries(q.shape[0]), sq_norms)
 
     def block_queries(self, num_queries: int | None = None) -> int:
-        """Queries per matmul block of the torch backend for the current bank.
-
-        ``min(chunk_size, max_chunk_bytes // (N x element size))``; raises a
-        ``MemoryError`` naming the sizes and the options when not even one
-        query's similarities fit ``max_chunk_bytes``, or when the block would
-        not fit in the memory available on the bank's device
-        (:func:`fam_lightning.knn_torch.block_queries`).
-        """
+        """Queries per matmul block of the torch backend for the current bank (a ``MemoryError`` naming the
+        sizes and options when a block cannot fit): :func:`fam_lightning.knn_torch.block_queries`."""
         self._consolidate()
         if self._rows is None:
             raise ValueError("the index is empty; call add() first")
