@@ -43,7 +43,7 @@ def _energy_rises(scalars: dict[str, list[tuple[int, float]]], points: float) ->
 @pytest.mark.parametrize("loss", ["ms", "margin"])
 def test_retrieval_config_learns(loss: str, tmp_path: Path, data_dir: Path) -> None:
     # 32 classes x 20 images: 16 unseen test classes, 320 gallery images; chance R@1 ~ 19 / 319 = 6 %.
-    # One distractor per image (the config has 3): the recipe's signal shows within 120 steps there.
+    # One distractor per image (the config has 2): the recipe's signal shows within 120 steps there.
     scalars = _fit(
         f"retrieval/{loss}_synthetic.yaml",
         ["--data.synthetic_classes", "32", "--data.synthetic_images_per_class", "20", "--data.image_size", "48",
