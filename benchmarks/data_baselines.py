@@ -50,7 +50,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fam_lightning.datamodules import FewShotDataModule  # noqa: E402
-from fam_lightning.datamodules.drawing import DEFAULT_DISTRACTORS  # noqa: E402
+from fam_lightning.datamodules.synthetic.drawing import DEFAULT_DISTRACTORS  # noqa: E402
 from fam_lightning.explainers.base import normalize_saliency  # noqa: E402
 from fam_lightning.explainers.feature_activation import FAMExplainer  # noqa: E402
 from fam_lightning.metrics import energy_pointing_game  # noqa: E402

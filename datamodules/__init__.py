@@ -7,7 +7,7 @@ from .splits import fewshot_class_split, retrieval_class_split
 from .sampling.episodes import EpisodeDataset
 from .fewshot import FewShotDataModule
 from .retrieval import RetrievalDataModule
-from .synthetic import default_synthetic_root, write_synthetic_cub
+from .synthetic.cub_layout import default_synthetic_root, write_synthetic_cub
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -25,11 +25,12 @@ __all__ = [
 ]
 
 # ImageNet (ILSVRC 2012) layout: reader, synthetic writer, contrastive (NPID / MoCo) data.
-from .contrastive import ContrastiveDataModule, TwoViewTransform, contrastive_augmentation
+from .augmentation import TwoViewTransform, contrastive_augmentation
+from .contrastive import ContrastiveDataModule
 from .formats.imagenet import ImageNetDataset, collate_with_boxes
 from .formats.imagenet_index import ImageNetIndex, read_imagenet_split
 from .formats.voc import parse_voc_xml
-from .synthetic_imagenet import default_synthetic_imagenet_root, write_synthetic_imagenet
+from .synthetic.imagenet_layout import default_synthetic_imagenet_root, write_synthetic_imagenet
 
 __all__ += [
     "ContrastiveDataModule",

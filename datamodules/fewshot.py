@@ -14,14 +14,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from .formats.cub import CUBDataset
-from .splits import fewshot_class_split
-from .cub_source import CUBSource
-from .drawing import DEFAULT_DISTRACTORS
-from .sampling.episodes import EpisodeDataset, collate_episodes
 from fam_lightning.seeding import global_seed, mix_seed
 
+from .base import CUBSource
+from .formats.cub import CUBDataset
+from .sampling.episodes import EpisodeDataset, collate_episodes
 from .sampling.samplers import EpochSeededSampler, fit_progress
+from .splits import fewshot_class_split
+from .synthetic.drawing import DEFAULT_DISTRACTORS
 
 # Stage name -> few-shot class split.
 _SPLITS = {"train": "base", "val": "val", "test": "novel"}
@@ -60,7 +60,7 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
         synthetic_seed: Drawing seed of the synthetic default (kept apart from
             ``seed`` so runs with different seeds share one data set).
         synthetic_distractors: Distractor objects per image of the synthetic
-            default (never boxed; see :mod:`fam_lightning.datamodules.drawing`).
+            default (never boxed; see :mod:`fam_lightning.datamodules.synthetic.drawing`).
         verify_images: Decode every image once at setup and report all broken
             ones together (slow on large sets; by default setup only checks
             that every file exists and every box lies inside its image).
@@ -113,10 +113,7 @@ class FewShotDataModule(CUBSource, L.LightningDataModule):
                 f"got {episodes_per_batch}"
             )
         self.save_hyperparameters()
-        self._init_source(
-            root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed,
-            synthetic_distractors, verify_images=verify_images,
-        )
+        self._init_source()
         self.image_size = image_size
         self.train_ways, self.train_shots, self.train_queries = train_ways, train_shots, train_queries
         self.eval_ways, self.eval_shots, self.eval_queries = eval_ways, eval_shots, eval_queries

@@ -19,12 +19,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .formats.cub import CUBDataset
-from .cub_source import CUBSource
-from .drawing import DEFAULT_DISTRACTORS
-from .sampling.samplers import ClassBalancedBatchSampler, ShardSampler, fit_progress
-
 from fam_lightning.seeding import global_seed, mix_seed
+
+from .base import CUBSource
+from .formats.cub import CUBDataset
+from .sampling.samplers import ClassBalancedBatchSampler, ShardSampler, fit_progress
+from .synthetic.drawing import DEFAULT_DISTRACTORS
 
 
 class IndexedDataset(Dataset):
@@ -115,10 +115,7 @@ class RetrievalDataModule(CUBSource, L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.image_size = image_size
-        self._init_source(
-            root, data_dir, synthetic_classes, synthetic_images_per_class, synthetic_image_size, synthetic_seed,
-            synthetic_distractors, verify_images=verify_images,
-        )
+        self._init_source()
         self._sets: dict[str, IndexedDataset] = {}
 
     @property

@@ -24,6 +24,9 @@ MOVED: dict[str, str] = {
     "fam_lightning.datamodules.imagenet": "fam_lightning.datamodules.formats.imagenet",
     "fam_lightning.datamodules.episodes": "fam_lightning.datamodules.sampling.episodes",
     "fam_lightning.datamodules.sampler": "fam_lightning.datamodules.sampling.samplers",
+    "fam_lightning.datamodules.drawing": "fam_lightning.datamodules.synthetic.drawing",
+    "fam_lightning.datamodules.synthetic_imagenet": "fam_lightning.datamodules.synthetic.imagenet_layout",
+    "fam_lightning.datamodules.cub_source": "fam_lightning.datamodules.base",
 }
 
 

@@ -49,6 +49,35 @@ OLD_NAMES: dict[str, dict[str, list[str]]] = {
     P + "sampler": {
         P + "sampling.samplers": ["ClassBalancedBatchSampler", "EpochSeededSampler", "ShardSampler", "fit_progress"],
     },
+    P + "drawing": {
+        P + "synthetic.drawing": [
+            "DEFAULT_DISTRACTORS", "DRAWING_VERSION", "OBJECT_GAP", "PLACEMENT_TRIES", "PlacedObject", "Scene",
+            "check_distractors", "render_clutter", "render_scene", "synthetic_classes",
+        ],
+        P + "synthetic.objects": [
+            "ALL_COMBINATIONS", "COLOURS", "DARK_TONE", "MAX_CLASSES", "MAX_ROTATION_DEG", "OBJECT_SIDE_RANGE", "SHAPES",
+            "SUPERSAMPLE", "SyntheticClass", "TEXTURES", "TEXTURE_PERIODS_PER_SIDE", "draw_object",
+        ],
+    },
+    P + "cub_source": {P + "base": ["CUBSource"]},
+    P + "synthetic_imagenet": {
+        P + "synthetic.imagenet_layout": [
+            "FORMAT_VERSION", "TWO_OBJECT_SHARE", "default_synthetic_imagenet_root", "image_rng", "image_stem",
+            "render_imagenet_sample", "voc_xml", "wnid", "write_synthetic_imagenet",
+        ],
+    },
+}
+
+
+# fam_lightning.datamodules.synthetic was the CUB-layout writer; it is now the synthetic/ package, which keeps its names
+KEPT_NAMES: dict[str, list[str]] = {
+    P + "synthetic.cub_layout": ["FORMAT_VERSION", "default_synthetic_root", "image_rng", "write_synthetic_cub"],
+    P + "synthetic.folder": [
+        "JPEG_QUALITY", "MARKER_FILE", "STALE_TEMP_AGE_S", "parallel_map", "remove_stale_temporaries", "save_jpeg",
+        "write_atomically",
+    ],
+    P + "synthetic.drawing": ["DEFAULT_DISTRACTORS", "synthetic_classes"],
+    P + "synthetic.objects": ["MAX_CLASSES", "SyntheticClass"],
 }
 
 
@@ -70,6 +99,14 @@ def test_every_name_of_the_old_module_is_the_object_of_its_new_home(old: str) ->
         new_home = importlib.import_module(home)
         for name in names:
             assert getattr(module, name) is getattr(new_home, name), f"{old}.{name} is not {home}.{name}"
+
+
+def test_the_synthetic_package_keeps_the_names_of_the_old_synthetic_module() -> None:
+    package = importlib.import_module(P + "synthetic")
+    for home, names in KEPT_NAMES.items():
+        new_home = importlib.import_module(home)
+        for name in names:
+            assert getattr(package, name) is getattr(new_home, name), f"synthetic.{name} is not {home}.{name}"
 
 
 def test_from_import_by_the_old_path() -> None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fam_lightning.datamodules import ContrastiveDataModule
-from fam_lightning.datamodules.synthetic_imagenet import write_synthetic_imagenet
+from fam_lightning.datamodules.synthetic.imagenet_layout import write_synthetic_imagenet
 from tests.helpers.cli import REPO, run_cli, run_main
 from tests.importers.published_files import (
     embed, lemniscate_knn, source_resnet18, write_lemniscate_checkpoint, write_moco_checkpoint,

@@ -162,7 +162,7 @@ def test_fewshot_datamodule_names_an_empty_base_class(tmp_path) -> None:
     import shutil
 
     from fam_lightning.datamodules import FewShotDataModule
-    from fam_lightning.datamodules.synthetic import write_synthetic_cub
+    from fam_lightning.datamodules.synthetic.cub_layout import write_synthetic_cub
 
     root = tmp_path / "cub"
     shutil.copytree(write_synthetic_cub(tmp_path / "synthetic", num_classes=8, images_per_class=4, image_size=24), root)

@@ -16,20 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from fam_lightning.datamodules import drawing, synthetic
 from fam_lightning.datamodules.formats.cub import CUBDataset
 from fam_lightning.datamodules.formats.cub_metadata import CUB_FILES, read_cub_metadata
-from fam_lightning.datamodules.drawing import render_scene
-from fam_lightning.datamodules.synthetic import (
-    MARKER_FILE,
-    default_synthetic_root,
-    image_rng,
-    remove_stale_temporaries,
-    synthetic_classes,
-    write_synthetic_cub,
-)
+from fam_lightning.datamodules.synthetic import cub_layout, drawing
+from fam_lightning.datamodules.synthetic import folder as synthetic_folder
+from fam_lightning.datamodules.synthetic.cub_layout import default_synthetic_root, image_rng, write_synthetic_cub
+from fam_lightning.datamodules.synthetic.drawing import render_scene, synthetic_classes
+from fam_lightning.datamodules.synthetic.folder import MARKER_FILE, remove_stale_temporaries
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = {"num_classes": 8, "images_per_class": 6, "image_size": 40, "seed": 3}
 
 
@@ -121,7 +116,7 @@ def test_leftover_without_a_known_owner_is_removed_only_when_old(tmp_path: Path)
     old, fresh = tmp_path / ".cub.tmp-crashed", tmp_path / f".cub.tmp-otherhost-{os.getpid()}-x"
     for folder in (old, fresh):
         (folder / "images").mkdir(parents=True)
-    long_ago = time.time() - synthetic.STALE_TEMP_AGE_S - 60
+    long_ago = time.time() - synthetic_folder.STALE_TEMP_AGE_S - 60
     for path in (old, old / "images"):
         os.utime(path, (long_ago, long_ago))
     assert remove_stale_temporaries(root) == [old]
@@ -133,7 +128,7 @@ def test_a_write_killed_half_way_is_cleaned_by_the_next_run(tmp_path: Path) -> N
     root = tmp_path / "cub"
     # A write large enough to be caught half-way; killed like an OOM-killed or preempted job.
     script = (
-        "from fam_lightning.datamodules.synthetic import write_synthetic_cub\n"
+        "from fam_lightning.datamodules.synthetic.cub_layout import write_synthetic_cub\n"
         f"write_synthetic_cub({str(root)!r}, num_classes=64, images_per_class=400, image_size=64)\n"
     )
     writer = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
@@ -166,8 +161,8 @@ def test_rename_race_loser_reuses_winner(tmp_path: Path, tiny_root: Path) -> Non
     loser = tmp_path / ".cub.tmp-loser"
     loser.mkdir()
     (loser / "partial.txt").write_text("x")
-    params = synthetic._check_params(**TINY, distractors=synthetic.DEFAULT_DISTRACTORS)
-    assert synthetic._publish(loser, tiny_root, params) == tiny_root
+    params = cub_layout._check_params(**TINY, distractors=drawing.DEFAULT_DISTRACTORS)
+    assert synthetic_folder._publish(loser, tiny_root, params) == tiny_root
     assert not loser.exists()
     assert (tiny_root / MARKER_FILE).is_file()
 
@@ -176,8 +171,8 @@ def test_images_hold_distractors_and_only_the_class_object_is_boxed(tiny_root: P
     meta = read_cub_metadata(tiny_root)
     classes = synthetic_classes(8, seed=3)
     for class_index, k in ((1, 2), (5, 0)):
-        scene = render_scene(classes[class_index], 40, image_rng(3, class_index, k), synthetic.DEFAULT_DISTRACTORS)
-        assert len(scene.distractors) == synthetic.DEFAULT_DISTRACTORS
+        scene = render_scene(classes[class_index], 40, image_rng(3, class_index, k), drawing.DEFAULT_DISTRACTORS)
+        assert len(scene.distractors) == drawing.DEFAULT_DISTRACTORS
         assert scene.objects[0].spec == classes[class_index]
         image_id = class_index * 6 + k + 1
         x0, y0, x1, y1 = scene.boxes[0]
@@ -224,11 +219,11 @@ def test_default_root_names_every_parameter(tmp_path: Path) -> None:
     root = default_synthetic_root(tmp_path, num_classes=10, images_per_class=5, image_size=32, seed=7, distractors=2)
     assert root.parent == tmp_path
     assert root.name == (
-        f"synthetic_cub-c10-i5-s32-d2-seed7-v{synthetic.FORMAT_VERSION}.{drawing.DRAWING_VERSION}"
+        f"synthetic_cub-c10-i5-s32-d2-seed7-v{cub_layout.FORMAT_VERSION}.{drawing.DRAWING_VERSION}"
     )
     assert default_synthetic_root("data") != default_synthetic_root("data", seed=1)
     assert default_synthetic_root("data") != default_synthetic_root("data", distractors=0)
-    assert default_synthetic_root().name.startswith(f"synthetic_cub-c64-i30-s96-d{synthetic.DEFAULT_DISTRACTORS}-")
+    assert default_synthetic_root().name.startswith(f"synthetic_cub-c64-i30-s96-d{drawing.DEFAULT_DISTRACTORS}-")
     with pytest.raises(TypeError, match="bogus"):
         default_synthetic_root("data", bogus=1)
 

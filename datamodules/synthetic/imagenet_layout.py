@@ -13,7 +13,7 @@ contrastive models is drawn here and read back by the real ImageNet reader
       synthetic.json                                parameters, written last
 
 Classes and scenes come from the drawing core both layouts share
-(:mod:`fam_lightning.datamodules.drawing`): the class object plus ``distractors`` equally
+(:mod:`fam_lightning.datamodules.synthetic.drawing`): the class object plus ``distractors`` equally
 salient objects of other combinations of the vocabulary, on saturated
 class-agnostic clutter. About one image in five holds two objects of its
 class (``TWO_OBJECT_SHARE``; a second one that finds no free place is left
@@ -23,7 +23,7 @@ pixels, written the VOC way (1-based, inclusive): ``xmin = x0 + 1``,
 ``xmax = x1`` for a 0-based box ``[x0, x1)``.
 
 Writing is atomic and reuses a complete folder, exactly as for the synthetic
-CUB-layout data (:func:`fam_lightning.datamodules.synthetic.write_atomically`).
+CUB-layout data (:func:`fam_lightning.datamodules.synthetic.folder.write_atomically`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import numpy as np
 
 from . import drawing
 from .drawing import DEFAULT_DISTRACTORS, SyntheticClass, synthetic_classes
-from .formats.imagenet_index import SYNSET_MAPPING_FILE
-from .synthetic import MARKER_FILE, _check_common, parallel_map, save_jpeg, write_atomically
+from ..formats.imagenet_index import SYNSET_MAPPING_FILE
+from .folder import MARKER_FILE, check_common_params, parallel_map, save_jpeg, write_atomically
 
 # Bump when the layout or the annotation changes; the drawing has its own version (drawing.DRAWING_VERSION).
 FORMAT_VERSION = 2
@@ -131,7 +131,7 @@ def write_synthetic_imagenet(
 def _check_params(
     num_classes: int, train_per_class: int, val_per_class: int, image_size: int, seed: int, distractors: int
 ) -> dict[str, int | str]:
-    _check_common(num_classes, image_size, seed, distractors)
+    check_common_params(num_classes, image_size, seed, distractors)
     if train_per_class < 1 or val_per_class < 1:
         raise ValueError(
             f"train_per_class and val_per_class must be >= 1, got {train_per_class} and {val_per_class}"
@@ -194,7 +194,7 @@ def render_imagenet_sample(
 ) -> drawing.Scene:
     """Draw one image of class ``spec``: one class object, or with probability ``TWO_OBJECT_SHARE`` two.
 
-    The scene comes from :func:`fam_lightning.datamodules.drawing.render_scene` with
+    The scene comes from :func:`fam_lightning.datamodules.synthetic.drawing.render_scene` with
     ``distractors`` distractor objects; every class object is boxed, no
     distractor is. A second class object that finds no free place is left
     out (the scene then keeps one).

@@ -11,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fam_lightning.datamodules import drawing
+from fam_lightning.datamodules.synthetic import drawing
 from fam_lightning.datamodules.formats.imagenet import ImageNetDataset
 from fam_lightning.datamodules.formats.imagenet_index import read_imagenet_split
-from fam_lightning.datamodules.synthetic import MARKER_FILE, synthetic_classes, write_synthetic_cub
-from fam_lightning.datamodules.synthetic_imagenet import (
+from fam_lightning.datamodules.synthetic.cub_layout import write_synthetic_cub
+from fam_lightning.datamodules.synthetic.drawing import synthetic_classes
+from fam_lightning.datamodules.synthetic.folder import MARKER_FILE
+from fam_lightning.datamodules.synthetic.imagenet_layout import (
     default_synthetic_imagenet_root,
     image_rng,
     render_imagenet_sample,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fam_lightning.datamodules import drawing
-from fam_lightning.datamodules.drawing import SyntheticClass, render_scene, synthetic_classes
+from fam_lightning.datamodules.synthetic import drawing
+from fam_lightning.datamodules.synthetic.drawing import SyntheticClass, render_scene, synthetic_classes
 
 CLASSES = synthetic_classes(16, seed=0)
 

@@ -1,0 +1,160 @@
+"""Augmented views for contrastive training (NPID, MoCo): the augmentation and the views data set.
+
+The augmentation is MoCo v1 / NPID's (He et al. 2020, Wu et al. 2018), with MoCo v2's Gaussian blur
+as an option; see :func:`contrastive_augmentation`. Views are cropped from the image at its stored
+resolution, not from the ``S x S`` evaluation resize. No Lightning here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from .formats.imagenet_index import ImageNetIndex
+from .formats.images import IMAGENET_MEAN, IMAGENET_STD, load_image
+
+# MoCo v2 blurs 224-pixel crops with sigma in [0.1, 2.0]; the range scales with the crop side.
+BLUR_SIGMA_AT_224 = (0.1, 2.0)
+
+
+DEFAULT_CROP_SCALE = (0.2, 1.0)
+DEFAULT_COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)
+
+
+def contrastive_augmentation(
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    gaussian_blur: bool = False,
+    crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
+    color_jitter: Sequence[float] = DEFAULT_COLOR_JITTER,
+    color_jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+) -> v2.Compose:
+    """One random view: uint8 (3, H, W) image -> normalised float (3, S, S).
+
+    MoCo v1 / NPID (the defaults): RandomResizedCrop(S, scale=(0.2, 1.0)),
+    ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale(p=0.2),
+    RandomHorizontalFlip. With ``gaussian_blur`` (MoCo v2): GaussianBlur with
+    p=0.5 after the grayscale step, kernel ~10% of ``S`` (odd), sigma in
+    ``[0.1, 2.0] x S / 224``. Where colour is part of what a class is (the
+    synthetic data: shape x colour x texture), hue jitter and grayscale teach
+    the model to ignore it: set their strengths to 0.
+
+    Args:
+        image_size: Side ``S`` of the output view.
+        mean: Normalisation mean (images in [0, 1]).
+        std: Normalisation standard deviation.
+        gaussian_blur: Add MoCo v2's blur.
+        crop_scale: ``(min, max)`` area fraction of the random resized crop.
+        color_jitter: ``(brightness, contrast, saturation, hue)`` strengths; all 0: no jitter.
+        color_jitter_p: Probability of applying the colour jitter.
+        grayscale_p: Probability of turning the view grey.
+
+    Returns:
+        The transform (torchvision.transforms.v2, on tensors).
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    low, high = (float(v) for v in crop_scale)
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {tuple(crop_scale)}")
+    jitter = tuple(float(v) for v in color_jitter)
+    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+        raise ValueError(
+            f"color_jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, got {tuple(color_jitter)}"
+        )
+    for name, prob in (("color_jitter_p", color_jitter_p), ("grayscale_p", grayscale_p)):
+        if not 0 <= prob <= 1:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {prob}")
+    steps: list[Callable[..., Any]] = [
+        v2.RandomResizedCrop(image_size, scale=(low, high), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+    if any(jitter) and color_jitter_p > 0:
+        steps.append(v2.RandomApply([v2.ColorJitter(*jitter)], p=color_jitter_p))
+    if grayscale_p > 0:
+        steps.append(v2.RandomGrayscale(p=grayscale_p))
+    if gaussian_blur:
+        kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
+        sigma = tuple(s * image_size / 224 for s in BLUR_SIGMA_AT_224)
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=sigma)], p=0.5))
+    steps += [v2.RandomHorizontalFlip(), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+class TwoViewTransform:
+    """Apply one random transform twice, independently: MoCo's query and key views.
+
+    Args:
+        transform: A random transform, e.g. :func:`contrastive_augmentation`.
+    """
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(image), self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform!r})"
+
+
+class ContrastiveViews(Dataset):
+    """Augmented views of the images of an :class:`ImageNetIndex` (see the module docstring for items).
+
+    Args:
+        split_index: The images (a training split).
+        transform: One random view of a uint8 (3, H, W) image.
+        two_views: Two independent views ("view1", "view2") or one ("image").
+        cache: Keep decoded uint8 images at their stored size in memory (per
+            process): only for small data sets such as the synthetic one.
+    """
+
+    def __init__(
+        self,
+        split_index: ImageNetIndex,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        two_views: bool = True,
+        cache: bool = False,
+    ) -> None:
+        super().__init__()
+        self.split_index = split_index
+        self.transform = transform
+        self.two_views = two_views
+        self.labels: torch.Tensor = torch.tensor(split_index.labels, dtype=torch.long)
+        self._cache: list[torch.Tensor | None] | None = [None] * len(split_index) if cache else None
+
+    def __len__(self) -> int:
+        return len(self.split_index)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``key``: an index (views from the global RNG), or ``(index, item_seed)``
+        from an ``EpochSeededSampler`` (views a fixed function of the seed, the global RNG untouched)."""
+        index, item_seed = key if isinstance(key, tuple) else (key, None)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images of split {self.split_index.split!r}")
+        image = self._load(index)
+        if item_seed is None:
+            return self._views(image) | {"label": int(self.labels[index]), "index": index}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            item = self._views(image)
+        return item | {"label": int(self.labels[index]), "index": index}
+
+    def _views(self, image: torch.Tensor) -> dict[str, Any]:
+        if self.two_views:
+            view1, view2 = TwoViewTransform(self.transform)(image)
+            return {"view1": view1, "view2": view2}
+        return {"image": self.transform(image)}
+
+    def _load(self, index: int) -> torch.Tensor:
+        if self._cache is None:
+            return load_image(self.split_index.paths[index])
+        if self._cache[index] is None:
+            self._cache[index] = load_image(self.split_index.paths[index])
+        return self._cache[index]
