@@ -27,6 +27,7 @@ MOVED: dict[str, str] = {
     "fam_lightning.datamodules.drawing": "fam_lightning.datamodules.synthetic.drawing",
     "fam_lightning.datamodules.synthetic_imagenet": "fam_lightning.datamodules.synthetic.imagenet_layout",
     "fam_lightning.datamodules.cub_source": "fam_lightning.datamodules.base",
+    "fam_lightning.importers.bank": "fam_lightning.models.bank_fill",
 }
 
 
@@ -40,10 +41,12 @@ class _MovedModuleLoader(importlib.abc.Loader):
             DeprecationWarning,
             stacklevel=2,
         )
-        return importlib.import_module(self.new_name)
+        module = importlib.import_module(self.new_name)
+        self._spec = module.__spec__  # the import system stamps the alias's spec on it next: put it back
+        return module
 
     def exec_module(self, module: ModuleType) -> None:  # already executed under its new name
-        return None
+        module.__spec__ = self._spec
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):

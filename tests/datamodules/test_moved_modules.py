@@ -88,6 +88,7 @@ def test_old_module_is_the_new_module_with_a_deprecation_warning(old: str) -> No
     with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
         module = importlib.import_module(old)
     assert module is importlib.import_module(new)
+    assert module.__spec__.name == module.__name__ == new  # the alias leaves the module's own identity alone
 
 
 @pytest.mark.parametrize("old", sorted(OLD_NAMES))
