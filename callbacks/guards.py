@@ -10,7 +10,7 @@ checkpoint IO (atomic with ``AtomicCheckpointIO``). The CLI then exits with
 
 The checkpoint holds the torch / numpy / python RNG states, which are put
 back when a fit restarts mid-epoch, so together with the epoch-seeded
-samplers (``fam_lightning.datamodules.sampler.EpochSeededSampler``, which skip the batches
+samplers (``fam_lightning.datamodules.sampling.samplers.EpochSeededSampler``, which skip the batches
 already run) the resumed run continues the interrupted epoch exactly. What a
 mid-epoch resume does not restore: the running epoch-level averages of the
 training scalars (``train/*`` epoch means restart from the resumed batch).

@@ -7,7 +7,7 @@ Resume contract (CPU: bit for bit; see DESIGN.md "Resume and failure semantics")
   DropBlock and NPID's noise samples of epoch ``e`` do not depend on what ran
   before it (an earlier epoch, a sanity check, a resume).
 - Data-side draws (episodes, shuffles, augmentation) are functions of
-  ``(seed, epoch, item)`` (``fam_lightning.datamodules.sampler.EpochSeededSampler``).
+  ``(seed, epoch, item)`` (``fam_lightning.datamodules.sampling.samplers.EpochSeededSampler``).
 - The cosine schedule's horizon is fixed by the first run: resuming with a
   different ``trainer.max_epochs`` stops with :class:`ScheduleHorizonError`
   instead of silently keeping (or bending) the old curve.

@@ -5,7 +5,7 @@
 
 Both losses take raw ``(B, D)`` embeddings and ``(B,)`` labels, L2-normalise
 inside, and need batches with positive and negative pairs: draw them with
-``fam_lightning.datamodules.sampler.ClassBalancedBatchSampler``.
+``fam_lightning.datamodules.sampling.samplers.ClassBalancedBatchSampler``.
 """
 
 from fam_lightning.losses.margin import DistanceWeightedMiner, MarginLoss, euclidean_distance_matrix

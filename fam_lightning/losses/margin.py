@@ -170,7 +170,7 @@ class MarginLoss(nn.Module):
     Raises:
         ValueError: In ``forward``, on wrong shapes, labels out of range, or
             a batch without a positive or a negative pair (use
-            ``fam_lightning.datamodules.sampler.ClassBalancedBatchSampler``).
+            ``fam_lightning.datamodules.sampling.samplers.ClassBalancedBatchSampler``).
     """
 
     def __init__(

@@ -89,7 +89,7 @@ def require_pairs(positive: Tensor, negative: Tensor, labels: Tensor, loss_name:
         f"{loss_name} needs a batch with at least one positive pair (two images of one class) and one "
         f"negative pair (two classes); got {labels.shape[0]} labels in {classes.numel()} classes, the largest "
         f"class has {largest} images. Draw training batches with "
-        "fam_lightning.datamodules.sampler.ClassBalancedBatchSampler (classes_per_batch >= 2, samples_per_class >= 2)."
+        "fam_lightning.datamodules.sampling.samplers.ClassBalancedBatchSampler (classes_per_batch >= 2, samples_per_class >= 2)."
     )
 
 
@@ -177,7 +177,7 @@ class MultiSimilarityLoss(nn.Module):
     Raises:
         ValueError: In ``forward``, on wrong shapes, or when the batch has
             no positive pair or no negative pair (use
-            ``fam_lightning.datamodules.sampler.ClassBalancedBatchSampler``).
+            ``fam_lightning.datamodules.sampling.samplers.ClassBalancedBatchSampler``).
     """
 
     def __init__(

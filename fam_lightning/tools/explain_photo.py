@@ -76,7 +76,7 @@ def read_photo(path: str | Path, size: int, preprocess: str = "resize") -> Photo
         crop = (0, 0, width, height)
     else:
         raise ValueError(f"preprocess must be one of {PREPROCESSING}, got {preprocess!r}")
-    seen = rgb.crop(crop).resize((size, size), Image.Resampling.BILINEAR)  # as fam_lightning.datamodules.cub.load_resized_image
+    seen = rgb.crop(crop).resize((size, size), Image.Resampling.BILINEAR)  # as fam_lightning.datamodules.formats.images.load_resized_image
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return Photo(path, _to_tensor(rgb), (_to_tensor(seen) - mean) / std, crop)
