@@ -124,6 +124,7 @@ def test_leftover_without_a_known_owner_is_removed_only_when_old(tmp_path: Path)
     assert remove_stale_temporaries(root, max_age_s=-1) == [fresh]
 
 
+@pytest.mark.slow
 def test_a_write_killed_half_way_is_cleaned_by_the_next_run(tmp_path: Path) -> None:
     root = tmp_path / "cub"
     # A write large enough to be caught half-way; killed like an OOM-killed or preempted job.
