@@ -16,4 +16,4 @@ __all__ = [
     "feature_activation_map",
     "pool",
 ]
-__version__ = "0.2.0"  # tests/test_packaging.py checks it against pyproject.toml
+__version__ = "0.3.0"  # tests/e2e/test_packaging.py checks it against pyproject.toml

@@ -1,4 +1,4 @@
-"""Modules that moved in the 0.2 restructuring keep importing under their old dotted names.
+"""Modules that moved in the 0.3 restructuring keep importing under their old dotted names.
 
 Checkpoints and configs name classes by dotted path (``fam_lightning.datamodules.cub.CUBDataset``); a
 module that moved must still resolve there. :data:`MOVED` maps each old module name to its new one; the

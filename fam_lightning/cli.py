@@ -88,7 +88,7 @@ class FAMLightningCLI(LightningCLI):
             raise RunSetupError(
                 f"--ckpt_path: {ckpt_path} is not a Lightning checkpoint (no 'pytorch-lightning_version'); "
                 "train.py takes checkpoints written by fam-train / train.py. A published NPID / MoCo file goes "
-                "through --model.init_args.import_checkpoint or python -m fam_lightning.importers"
+                "through --model.init_args.import_checkpoint or fam-convert"
             )
         if config.get("weights_only", "absent") is None:
             config.weights_only = True  # the trainer re-reads the file: weights-only, as read_checkpoint did

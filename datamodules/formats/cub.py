@@ -27,7 +27,7 @@ __all__ = [
     "CUBDataset",
     "PROTOCOLS",
     "display_class_name",
-    # The names the module fam_lightning.datamodules.cub held before the 0.2 layout (it is an alias of this one).
+    # The names the module fam_lightning.datamodules.cub held before the 0.3 layout (it is an alias of this one).
     "CUB_FILES",
     "CUBMetadata",
     "FEWSHOT_SPLITS",

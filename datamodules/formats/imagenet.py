@@ -40,7 +40,7 @@ from .voc import VOCAnnotation, parse_voc_xml
 __all__ = [
     "ImageNetDataset",
     "collate_with_boxes",
-    # The names the module fam_lightning.datamodules.imagenet held before the 0.2 layout (it is an alias of this one).
+    # The names the module fam_lightning.datamodules.imagenet held before the 0.3 layout (it is an alias of this one).
     "Box",
     "CROP_RATIO",
     "IMAGENET_MEAN",

@@ -264,7 +264,7 @@ class EpochSeededSampler(DistributedSampler):
     Lightning's ``DistributedSamplerWrapper`` shuffles with its own epoch
     counter, which a resumed fit sets only after it has built the first
     iterator, so the first resumed epoch gave each rank other keys than the
-    uninterrupted run (``tests/test_multinode.py``).
+    uninterrupted run (``tests/e2e/test_multinode.py``).
     """
 
     def __init__(  # noqa: D107 (DistributedSampler.__init__ is not called: it needs a data set and a group)
