@@ -5,13 +5,13 @@
 
 Works on every family; the model and data module classes (and the data
 module's arguments) are read from the checkpoint. The explained decisions are
-the trained model's own, on the validation data, made by its own eval code:
+the trained model's own, on the validation data: the explanation inputs its
+own validation steps return (:mod:`fam_lightning.tools.sanity_decisions`):
 
-- few-shot (``episode_forward``): each query against the support images of
-  the class the model predicted;
-- memory bank (``knn``): each image against the bank entries of the predicted
-  class among its K nearest, weighted by their kNN votes;
-- retrieval (``top1``): each query against its top-1 gallery image.
+- few-shot: each query against the support images of the class the model predicted;
+- memory bank: each image against the bank entries of the predicted class among
+  its K nearest, weighted by their kNN votes;
+- retrieval: each query against its top-1 gallery image.
 
 ``--mode model`` (default), cascading randomisation: the layers are
 re-initialised from the top (the projection head if any, then the backbone's
@@ -21,7 +21,7 @@ and after every step the same decisions are explained again.
 architecture trained on shuffled labels (``--shuffled_ckpt_path``).
 
 For every step and explainer the table gives the Spearman rank correlation
-between the trained model's maps and the randomised (or shuffled-label)
+(:func:`fam_lightning.metrics.rank.spearman`) between the trained model's maps and the randomised (or shuffled-label)
 model's maps, averaged over images; an explanation that stays highly
 correlated while the weights it explains are destroyed is not explaining the
 model.
@@ -38,19 +38,16 @@ randomised network, and its maps explain its own score for the same decision.
 from __future__ import annotations
 
 import argparse
-import inspect
 import csv
+import inspect
 import io
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -58,37 +55,12 @@ from fam_lightning.console import quiet_lightning
 from fam_lightning.explainers import EXPLAINERS
 from fam_lightning.loading import build_datamodule, import_class, load_model, read_checkpoint
 from fam_lightning.io import atomic_write
+from fam_lightning.metrics.rank import spearman
 from fam_lightning.tools.common import Overrides, ToolParser, add_checkpoint_arguments, parse_tool_args
+from fam_lightning.tools.sanity_decisions import Decisions, model_decisions
 
 # deprecated flags -> the data module argument they set (--data.<argument> is the flag now)
 DATA_ALIASES = {"data_dir": "data_dir", "root": "root", "image_size": "image_size"}
-
-
-# -- rank correlation ---------------------------------------------------------------------
-def average_ranks(values: Tensor) -> Tensor:
-    """(B, n) -> (B, n) 0-based ranks per row: argsort twice, ties given their mean rank."""
-    batch, count = values.shape
-    order = values.argsort(dim=1, stable=True)
-    ordinal = order.argsort(dim=1)  # rank of each element
-    ordered = values.gather(1, order)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    group = starts.long().cumsum(dim=1) - 1  # tie group of each sorted position
-    positions = torch.arange(count, device=values.device, dtype=torch.float64).expand(batch, count)
-    sums = torch.zeros(batch, count, device=values.device, dtype=torch.float64).scatter_add_(1, group, positions)
-    sizes = torch.zeros_like(sums).scatter_add_(1, group, torch.ones_like(positions))
-    mean_rank = (sums / sizes.clamp_min(1)).gather(1, group)  # in sorted order
-    return mean_rank.gather(1, ordinal)
-
-
-def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation of (B, ...) a and b per sample -> (B,); NaN where a map is constant."""
-    ra = average_ranks(a.flatten(1).double())
-    rb = average_ranks(b.flatten(1).double())
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
-    denominator = ra.norm(dim=1) * rb.norm(dim=1)
-    return torch.where(denominator > 0, (ra * rb).sum(1) / denominator.clamp_min(1e-300), math.nan)
 
 
 # -- what to randomise --------------------------------------------------------------------
@@ -113,115 +85,13 @@ def randomisation_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return units
 
 
-# -- the decisions to explain, per family ---------------------------------------------------
-@dataclass
-class Decisions:
-    """A batch of the trained model's decisions, held fixed while its weights change.
-
-    Attributes:
-        images: (B, 3, H, W) the images whose decisions are explained.
-        references: (B, N, D) the embeddings the trained model compared them with.
-        reference_images: (R, 3, H, W) every image behind those references.
-        reference_rows: (B, N) long, the row of ``reference_images`` behind each reference.
-        reference_weights: optional (B, N) weights of the references (kNN votes).
-    """
-
-    images: Tensor
-    references: Tensor
-    reference_images: Tensor
-    reference_rows: Tensor
-    reference_weights: Tensor | None = None
-
-
-def fewshot_decisions(model: Any, datamodule: Any, batches: int) -> Iterable[Decisions]:
-    """Queries of the first validation episodes against the support images of their predicted class."""
-    for batch in _first(datamodule.val_dataloader(), batches):
-        batch = move_data_to_device(batch, model.device)
-        out = model.episode_forward(batch)
-        predicted = out["scores"].argmax(1)
-        ways, shots = out["support"].shape[:2]
-        rows = predicted.unsqueeze(1) * shots + torch.arange(shots, device=predicted.device)  # (Q, S)
-        yield Decisions(
-            images=batch["query"],
-            references=out["support"][predicted],  # (Q, S, D)
-            reference_images=batch["support"],
-            reference_rows=rows,
-        )
-
-
-def memory_bank_decisions(model: Any, datamodule: Any, batches: int) -> Iterable[Decisions]:
-    """Validation images against the predicted class's neighbours in the bank, weighted by their votes."""
-    if not hasattr(datamodule, "train_images"):
-        raise TypeError(f"{type(datamodule).__name__} has no train_images(indices): the kNN neighbours' images")
-    if hasattr(model, "attach_datamodule"):  # bank labels (an imported MoCo: its bank) from the data, as in fit
-        model.attach_datamodule(datamodule)
-    model.on_validation_epoch_start()  # the model's own kNN index over its bank
-    loaders = datamodule.val_dataloader()
-    loader = loaders[0] if isinstance(loaders, Sequence) else loaders
-    for index, batch in enumerate(_first(loader, batches)):
-        batch = move_data_to_device(batch, model.device)
-        inputs = model.validation_step(batch, index, 0)["explain"]
-        _, rows, _ = model.knn(inputs.embeddings)  # (B, K) bank rows = training image indices
-        weights = inputs.reference_weights
-        # keep the neighbours that vote for the predicted class (the others weigh 0), strongest first
-        count = max(1, int((weights > 0).sum(1).max()))
-        order = weights.argsort(dim=1, descending=True)[:, :count]
-        rows, weights = rows.gather(1, order), weights.gather(1, order)
-        used = rows[weights > 0].unique()  # sorted
-        yield Decisions(
-            images=batch["image"],
-            references=inputs.references.gather(1, order.unsqueeze(2).expand(-1, -1, inputs.references.shape[2])),
-            reference_images=datamodule.train_images(used.cpu()).to(model.device),
-            reference_rows=torch.searchsorted(used, rows).clamp_max(used.numel() - 1),  # weight-0 rows: any
-            reference_weights=weights,
-        )
-
-
-def retrieval_decisions(model: Any, datamodule: Any, batches: int) -> Iterable[Decisions]:
-    """Queries against their top-1 gallery image; the gallery pass is the model's own (eval loader 0)."""
-    gallery_loader, query_loader = datamodule.val_dataloader()
-    model.on_validation_epoch_start()
-    gallery_indices = []  # data set index of each gallery row, in the order the model stores them
-    for index, batch in enumerate(gallery_loader):
-        batch = move_data_to_device(batch, model.device)
-        model.validation_step(batch, index, 0)
-        gallery_indices.append(batch["index"])
-    gallery_indices = torch.cat(gallery_indices)
-    for index, batch in enumerate(_first(query_loader, batches)):
-        batch = move_data_to_device(batch, model.device)
-        inputs = model.validation_step(batch, index, 1)["explain"]
-        top1 = model.top1(F.normalize(inputs.embeddings, dim=1), batch["index"])  # (B,) gallery rows
-        yield Decisions(
-            images=batch["image"],
-            references=inputs.references,  # (B, 1, D)
-            reference_images=datamodule.images_at(gallery_indices[top1].cpu()).to(model.device),
-            reference_rows=torch.arange(top1.numel(), device=top1.device).unsqueeze(1),
-        )
-
-
-FAMILIES: dict[str, tuple[str, Callable[[Any, Any, int], Iterable[Decisions]]]] = {
-    "few-shot": ("episode_forward", fewshot_decisions),
-    "memory bank": ("knn", memory_bank_decisions),
-    "retrieval": ("top1", retrieval_decisions),
-}
-
-
+# -- the decisions to explain ---------------------------------------------------------------
 def collect_decisions(model: Any, datamodule: Any, batches: int) -> list[Decisions]:
-    """The trained model's decisions on the first ``batches`` validation batches (episodes)."""
-    for method, collect in FAMILIES.values():
-        if hasattr(model, method):
-            datamodule.setup("validate")
-            with torch.no_grad():
-                return list(progress(collect(model, datamodule, batches), "collecting decisions", total=batches))
-    known = ", ".join(f"{family} ({method})" for family, (method, _) in FAMILIES.items())
-    raise TypeError(f"{type(model).__name__} is none of the families the sanity check knows: {known}")
-
-
-def _first(loader: Iterable, count: int) -> Iterable:
-    for index, batch in enumerate(loader):
-        if index >= count:
-            return
-        yield batch
+    """The trained model's decisions on the first ``batches`` validation batches (episodes), from its own
+    validation steps' explanation inputs (:mod:`fam_lightning.tools.sanity_decisions`)."""
+    datamodule.setup("validate")
+    with torch.no_grad():
+        return list(progress(model_decisions(model, datamodule, batches), "collecting decisions", total=batches))
 
 
 # -- maps -----------------------------------------------------------------------------------
@@ -389,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(rows, Path(args.out))
         print(f"wrote {args.out}")
     if args.plot:  # issue 19: the table as curves
-        from fam_lightning.plots import sanity_curves_figure, save_figure
+        from fam_lightning.visualize.plots import sanity_curves_figure, save_figure
 
         print(f"wrote {save_figure(sanity_curves_figure(rows), args.plot)}")
     return 0
