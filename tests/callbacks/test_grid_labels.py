@@ -48,3 +48,27 @@ def test_scalars_layout_puts_each_energy_with_its_two_baselines() -> None:
     assert not any(re.fullmatch(p, "val/fam_energy_pointing_game") for p in patterns)
     assert "fam Average Drop / Increase in Confidence" in layout["3. Localisation and faithfulness"]
     assert "fam Average Drop / Increase in Confidence" not in scalars_layout(["fam"], False)["3. Localisation and faithfulness"]
+
+
+def test_vote_shares_only_for_several_kNN_reference_images(monkeypatch) -> None:
+    """The grid gets vote shares for (B, R, 3, H, W) references with weights; none without weights or for one image."""
+    from fam_lightning.callbacks import probe
+    from fam_lightning.protocol import ExplanationInputs
+
+    seen = []
+    monkeypatch.setattr(probe, "decision_grid", lambda *args, **kwargs: seen.append(kwargs["votes"]))
+    trainer = SimpleNamespace(datamodule=None)
+
+    def grid(weights, references):
+        inputs = ExplanationInputs(
+            images=torch.zeros(2, 3, 8, 8), feature_maps=torch.zeros(2, 4, 2, 2), embeddings=torch.zeros(2, 4),
+            references=torch.zeros(2, 5, 4), reference_weights=weights, reference_images=references,
+            correct=torch.ones(2, dtype=torch.bool),
+        )
+        probe.grid_of(trainer, "val", inputs, {"fam": torch.zeros(2, 8, 8)}, None, torch.zeros(2), 8, 0.5)
+        return seen[-1]
+
+    weights = torch.tensor([[0.0, 2.0, 1.0, 0.0, 1.0], [3.0, 0.0, 0.0, 1.0, 0.0]])
+    assert torch.allclose(grid(weights, torch.zeros(2, 3, 3, 8, 8)), vote_shares(weights, 3))
+    assert grid(None, torch.zeros(2, 3, 3, 8, 8)) is None
+    assert grid(weights, torch.zeros(2, 3, 8, 8)) is None  # one reference image per decision (few-shot, retrieval)
