@@ -36,9 +36,6 @@ from fam_lightning.callbacks.probe import class_names, grid_of, normalization, p
 from fam_lightning.callbacks.step0 import eval_mode, isolated_pass, validation_loaders, validation_outputs
 from fam_lightning.explainers import EXPLAINERS, Explainer
 from fam_lightning.metrics.explanation import ExplanationMetrics, faithfulness_scores
-from fam_lightning.metrics.explanation import annotated as _annotated  # noqa: F401  (old import path of the
-from fam_lightning.metrics.explanation import round_off_rtol as _round_off_rtol  # noqa: F401  helpers, kept for
-from fam_lightning.metrics.explanation import select as _select  # noqa: F401  code that imported them here)
 from fam_lightning.protocol import ExplanationInputs, check_similarity_model
 from fam_lightning.runs import logging_step_of_trainer as logging_step
 
