@@ -13,10 +13,13 @@ samplers here handle ranks themselves).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from fam_lightning.seeding import global_seed, mix_seed
@@ -28,15 +31,22 @@ from .synthetic.drawing import DEFAULT_DISTRACTORS
 
 
 class IndexedDataset(Dataset):
-    """Adds ``"index"`` (the item's position) to every item dict, and optional flips for training.
+    """Adds ``"index"`` (the item's position) to every item dict, and optional flips / crops for training.
 
-    A key may be ``(index, item_seed)`` (``ClassBalancedBatchSampler(item_seeds=True)``):
-    the flip is then drawn from the seed, so a resumed run flips as the uninterrupted one.
+    A key may be ``(index, item_seed)`` (``ClassBalancedBatchSampler(item_seeds=True)``): the flip and
+    the crop are then drawn from the seed, so a resumed run sees what the uninterrupted one saw.
+    ``crop_scale=(lo, hi)``: a random resized crop (area fraction in ``[lo, hi]``, aspect ratio in
+    [3/4, 4/3], as torchvision's ``RandomResizedCrop``), resized back to the image's side (boxes follow,
+    clipped to the crop).
     """
 
-    def __init__(self, dataset: CUBDataset, flip: bool = False) -> None:
+    def __init__(self, dataset: CUBDataset, flip: bool = False,
+                 crop_scale: tuple[float, float] | None = None) -> None:
+        if crop_scale is not None and not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(crop_scale)}")
         self.dataset = dataset
         self.flip = flip
+        self.crop_scale = None if crop_scale is None else (float(crop_scale[0]), float(crop_scale[1]))
         self.labels = dataset.labels
 
     def __len__(self) -> int:
@@ -52,7 +62,30 @@ class IndexedDataset(Dataset):
             item["image"] = item["image"].flip(-1)
             x0, y0, x1, y1 = item["box"].unbind()
             item["box"] = torch.stack([width - x1, y0, width - x0, y1])
+        if self.crop_scale is not None:
+            item["image"], item["box"] = random_resized_crop(item["image"], item["box"], self.crop_scale, generator)
         return item
+
+
+def random_resized_crop(image: Tensor, box: Tensor, scale: tuple[float, float],
+                        generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """A random crop of ``image`` (3, H, W) with area fraction in ``scale`` and aspect ratio in [3/4, 4/3],
+    resized back to (H, W); ``box`` (x0, y0, x1, y1) moved with it and clipped to the crop."""
+    height, width = image.shape[-2:]
+    u = torch.rand(3, generator=generator).tolist()
+    area = (scale[0] + (scale[1] - scale[0]) * u[0]) * height * width
+    ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
+    crop_w = min(width, max(1, round(math.sqrt(area * ratio))))
+    crop_h = min(height, max(1, round(math.sqrt(area / ratio))))
+    offsets = torch.rand(2, generator=generator).tolist()
+    left, top = int(offsets[0] * (width - crop_w + 1)), int(offsets[1] * (height - crop_h + 1))
+    crop = image[:, top:top + crop_h, left:left + crop_w].unsqueeze(0)
+    resized = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0]
+    sx, sy = width / crop_w, height / crop_h
+    x0, y0, x1, y1 = box.unbind()
+    moved = torch.stack([(x0 - left) * sx, (y0 - top) * sy, (x1 - left) * sx, (y1 - top) * sy])
+    limits = torch.tensor([width, height, width, height], dtype=moved.dtype)
+    return resized, torch.minimum(moved.clamp(min=0), limits)
 
 
 class SubsetDataset(Dataset):
@@ -83,6 +116,8 @@ class RetrievalDataModule(CUBSource, L.LightningDataModule):
         explain_queries: Test images whose top-1 retrieval is explained per
             evaluation (a fixed seeded subset); None explains every image.
         flip: Random horizontal flips in training (boxes follow).
+        crop_scale: Random resized crops in training, ``(lo, hi)`` area fractions (e.g. ``[0.35, 1.0]``);
+            None (the default): the whole image.
         num_workers, pin_memory, cache_images, seed: as in FewShotDataModule.
         synthetic_*: parameters of the synthetic default.
         verify_images: Decode every image once at setup and report all broken
@@ -101,6 +136,7 @@ class RetrievalDataModule(CUBSource, L.LightningDataModule):
         batch_size: int = 64,
         explain_queries: int | None = 256,
         flip: bool = True,
+        crop_scale: tuple[float, float] | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
         cache_images: bool = True,
@@ -138,7 +174,9 @@ class RetrievalDataModule(CUBSource, L.LightningDataModule):
                 self.data_root, split=name, protocol="retrieval", image_size=self.image_size,
                 mean=self.mean, std=self.std, cache=self.hparams.cache_images, metadata=self.metadata,
             )
-            self._sets[name] = IndexedDataset(images, flip=self.hparams.flip and name == "train")
+            train = name == "train"
+            self._sets[name] = IndexedDataset(images, flip=self.hparams.flip and train,
+                                              crop_scale=self.hparams.crop_scale if train else None)
         return self._sets[name]
 
     def train_dataloader(self) -> DataLoader:
