@@ -141,18 +141,16 @@ def run(args: argparse.Namespace, overrides: Overrides | None = None) -> list[di
     model = load_model(args.ckpt_path, overrides.model_class, args.device, overrides.model)
     checkpoint = read_checkpoint(args.ckpt_path)
     datamodule = build_datamodule(checkpoint, overrides.data_class, data_overrides(checkpoint, overrides))
+    shuffled = None
+    if args.mode == "data":  # checked before any explaining: a mismatch costs seconds, not the whole run
+        shuffled = load_model(args.shuffled_ckpt_path, overrides.model_class, args.device, overrides.model)
+        check_same_architecture(model, shuffled)
     decisions = collect_decisions(model, datamodule, args.batches)
     explainers = {name: EXPLAINERS[name](model) for name in args.explainers}
     originals = [explain_decisions(model, d, explainers, reembed=False)
                  for d in progress(decisions, "explaining the trained model")]
 
-    if args.mode == "data":
-        shuffled = load_model(args.shuffled_ckpt_path, overrides.model_class, args.device, overrides.model)
-        if type(shuffled) is not type(model):
-            raise ValueError(
-                f"--shuffled_ckpt_path holds a {type(shuffled).__name__}, the trained checkpoint a "
-                f"{type(model).__name__}: the data randomisation test compares one architecture"
-            )
+    if shuffled is not None:
         others = {name: EXPLAINERS[name](shuffled) for name in args.explainers}
         maps = [explain_decisions(shuffled, d, others, reembed=True)
                 for d in progress(decisions, "explaining the shuffled-label model")]
@@ -166,6 +164,30 @@ def run(args: argparse.Namespace, overrides: Overrides | None = None) -> list[di
         maps = [explain_decisions(model, d, explainers, reembed=True) for d in decisions]
         rows += correlation_rows(name, originals, maps)
     return rows
+
+
+def check_same_architecture(model: nn.Module, shuffled: nn.Module) -> None:
+    """Raise ``ValueError`` naming the first difference if ``shuffled`` is not ``model``'s architecture."""
+    if type(shuffled) is not type(model):
+        raise ValueError(
+            f"--shuffled_ckpt_path holds a {type(shuffled).__name__}, the trained checkpoint a "
+            f"{type(model).__name__}: the data randomisation test compares one architecture"
+        )
+    names = [getattr(m, "hparams", {}).get("backbone") for m in (model, shuffled)]
+    if all(isinstance(n, str) for n in names) and names[0] != names[1]:
+        raise ValueError(
+            f"--shuffled_ckpt_path has backbone {names[1]!r}, the trained checkpoint {names[0]!r}: the data "
+            "randomisation test compares one architecture trained on shuffled labels"
+        )
+    trained = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    other = {name: tuple(value.shape) for name, value in shuffled.state_dict().items()}
+    for name in sorted(trained.keys() | other.keys()):
+        if trained.get(name) != other.get(name):
+            raise ValueError(
+                f"--shuffled_ckpt_path is another architecture than the trained checkpoint: {name} is "
+                f"{other.get(name, 'missing')} there, {trained.get(name, 'missing')} in the trained model; "
+                "the data randomisation test compares one architecture trained on shuffled labels"
+            )
 
 
 def progress(items: Iterable[Any], what: str, unit: str = "batch", total: int | None = None) -> tqdm:

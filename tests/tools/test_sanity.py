@@ -110,9 +110,17 @@ def test_data_mode_compares_with_another_checkpoint(checkpoints, capsys) -> None
     assert [r["layer"] for r in rows] == ["shuffled labels", "shuffled labels"]
     for row in rows:  # the same weights: the same maps
         assert row["spearman_mean"] == pytest.approx(1.0, abs=1e-6)
-    with pytest.raises(SystemExit):
-        sanity.main(["--ckpt_path", str(ckpt), "--mode", "data", "--shuffled_ckpt_path",
-                     str(checkpoints["retrieval"]), "--device", "cpu", "--batches", "1", "--explainers", "fam"])
+
+    def no_explaining(*args, **kwargs):  # the mismatch is found before any decision is explained
+        raise AssertionError("collect_decisions ran before the architectures were compared")
+
+    original, sanity.collect_decisions = sanity.collect_decisions, no_explaining
+    try:
+        with pytest.raises(SystemExit):
+            sanity.main(["--ckpt_path", str(ckpt), "--mode", "data", "--shuffled_ckpt_path",
+                         str(checkpoints["retrieval"]), "--device", "cpu"])
+    finally:
+        sanity.collect_decisions = original
     assert "one architecture" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sanity.main(["--ckpt_path", str(ckpt), "--mode", "data"])
@@ -129,3 +137,15 @@ def test_checkpoint_without_class_information_is_named(tmp_path: Path, capsys) -
         sanity.main(["--ckpt_path", str(ckpt), "--device", "cpu"])
     err = capsys.readouterr().err
     assert "does not name its model class" in err and "--model_class" in err
+
+
+def test_another_backbone_of_the_same_class_is_another_architecture() -> None:
+    from fam_lightning.models import FewShotClassifier
+
+    conv4 = FewShotClassifier(backbone="conv4", num_classes=4)
+    sanity.check_same_architecture(conv4, FewShotClassifier(backbone="conv4", num_classes=4))  # same: no error
+    with pytest.raises(ValueError, match="backbone 'conv64f', the trained checkpoint 'conv4'"):
+        sanity.check_same_architecture(conv4, FewShotClassifier(backbone="conv64f", num_classes=4))
+    with pytest.raises(ValueError, match="another architecture than the trained checkpoint: global_head"):
+        sanity.check_same_architecture(conv4, FewShotClassifier(backbone="conv4", num_classes=5))
+
