@@ -13,14 +13,15 @@ samplers here handle ranks themselves).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import functional as TF
 
 from fam_lightning.seeding import global_seed, mix_seed
 
@@ -69,23 +70,18 @@ class IndexedDataset(Dataset):
 
 def random_resized_crop(image: Tensor, box: Tensor, scale: tuple[float, float],
                         generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """A random crop of ``image`` (3, H, W) with area fraction in ``scale`` and aspect ratio in [3/4, 4/3],
-    resized back to (H, W); ``box`` (x0, y0, x1, y1) moved with it and clipped to the crop."""
+    """torchvision's random resized crop of ``image`` (3, H, W) (area fraction in ``scale``, aspect ratio in
+    [3/4, 4/3]) resized back to (H, W); ``box`` (x0, y0, x1, y1) moved with it and clipped to the crop. The crop
+    is drawn from ``generator`` when given (seeded items), else from the global RNG."""
     height, width = image.shape[-2:]
-    u = torch.rand(3, generator=generator).tolist()
-    area = (scale[0] + (scale[1] - scale[0]) * u[0]) * height * width
-    ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
-    crop_w = min(width, max(1, round(math.sqrt(area * ratio))))
-    crop_h = min(height, max(1, round(math.sqrt(area / ratio))))
-    offsets = torch.rand(2, generator=generator).tolist()
-    left, top = int(offsets[0] * (width - crop_w + 1)), int(offsets[1] * (height - crop_h + 1))
-    crop = image[:, top:top + crop_h, left:left + crop_w].unsqueeze(0)
-    resized = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0]
-    sx, sy = width / crop_w, height / crop_h
-    x0, y0, x1, y1 = box.unbind()
-    moved = torch.stack([(x0 - left) * sx, (y0 - top) * sy, (x1 - left) * sx, (y1 - top) * sy])
-    limits = torch.tensor([width, height, width, height], dtype=moved.dtype)
-    return resized, torch.minimum(moved.clamp(min=0), limits)
+    with torch.random.fork_rng(devices=[], enabled=generator is not None):
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        top, left, crop_h, crop_w = RandomResizedCrop.get_params(image, list(scale), [3 / 4, 4 / 3])
+    boxes = tv_tensors.BoundingBoxes(box.unsqueeze(0), format="XYXY", canvas_size=(height, width))
+    moved = TF.resized_crop(boxes, top, left, crop_h, crop_w, [height, width])
+    resized = TF.resized_crop(image, top, left, crop_h, crop_w, [height, width], antialias=True)
+    return resized, moved.as_subclass(Tensor)[0].to(box.dtype)
 
 
 class SubsetDataset(Dataset):

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from fam_lightning import knn_torch
 from fam_lightning.knn_faiss import FAISS_GPU_MAX_K, FaissFlatIndex, _faiss, faiss_available, faiss_gpu_available
+from fam_lightning.shapes import shape_of
 
 __all__ = [  # FAISS_GPU_MAX_K and _faiss too: benchmarks/knn.py and older code import them from here
     "BACKENDS", "METRICS", "KNNIndex", "faiss_available", "faiss_gpu_available", "topk_accuracy",
@@ -50,10 +51,6 @@ __all__ = [  # FAISS_GPU_MAX_K and _faiss too: benchmarks/knn.py and older code 
 
 BACKENDS = ("auto", "torch", "faiss")
 METRICS = ("cosine", "dot", "euclidean")
-
-
-def _shape(x: object) -> object:
-    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
 
 
 class KNNIndex:
@@ -160,7 +157,7 @@ class KNNIndex:
                 (e.g. an unwritten memory-bank entry, -1) cast no vote.
         """
         if not isinstance(embeddings, Tensor) or embeddings.dim() != 2 or not embeddings.is_floating_point():
-            raise ValueError(f"embeddings must be a floating (N, D) tensor, got {_shape(embeddings)}")
+            raise ValueError(f"embeddings must be a floating (N, D) tensor, got {shape_of(embeddings)}")
         if self._dim is not None and embeddings.shape[1] != self._dim:
             raise ValueError(f"embeddings have D={embeddings.shape[1]} but the index holds D={self._dim}")
         has_labels = labels is not None
@@ -172,7 +169,7 @@ class KNNIndex:
         if labels is not None:
             if not isinstance(labels, Tensor) or labels.shape != embeddings.shape[:1] or labels.is_floating_point():
                 raise ValueError(
-                    f"labels must be an integer (N,) tensor with N={embeddings.shape[0]}, got {_shape(labels)}"
+                    f"labels must be an integer (N,) tensor with N={embeddings.shape[0]}, got {shape_of(labels)}"
                     + (f" of {labels.dtype}" if isinstance(labels, Tensor) else "")
                 )
         if self._device is None:
@@ -251,7 +248,7 @@ class KNNIndex:
         if self._rows is None or self._size == 0:
             raise ValueError("the index is empty; call add() first")
         if not isinstance(queries, Tensor) or queries.dim() != 2 or queries.shape[1] != self._dim:
-            raise ValueError(f"queries must be (Q, D) with D={self._dim}, got {_shape(queries)}")
+            raise ValueError(f"queries must be (Q, D) with D={self._dim}, got {shape_of(queries)}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         if k > self._size:
@@ -335,9 +332,9 @@ def topk_accuracy(scores: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) -
         ``{k: scalar tensor}`` on the scores' device.
     """
     if not isinstance(scores, Tensor) or scores.dim() != 2:
-        raise ValueError(f"scores must be (Q, C), got {_shape(scores)}")
+        raise ValueError(f"scores must be (Q, C), got {shape_of(scores)}")
     if not isinstance(targets, Tensor) or targets.shape != scores.shape[:1] or targets.is_floating_point():
-        raise ValueError(f"targets must be an integer (Q,) tensor with Q={scores.shape[0]}, got {_shape(targets)}")
+        raise ValueError(f"targets must be an integer (Q,) tensor with Q={scores.shape[0]}, got {shape_of(targets)}")
     num_classes = scores.shape[1]
     for k in ks:
         if not 1 <= k <= num_classes:

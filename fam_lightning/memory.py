@@ -31,11 +31,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fam_lightning.shapes import shape_of
+
 __all__ = ["FeatureQueue", "MemoryBank", "gather_from_all_ranks"]
-
-
-def _shape(x: object) -> object:
-    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
 
 
 @torch.no_grad()
@@ -125,7 +123,7 @@ class MemoryBank(nn.Module):
 
     def _check_indices(self, indices: Tensor, name: str = "indices") -> None:
         if not isinstance(indices, Tensor) or indices.dim() != 1 or indices.is_floating_point():
-            raise ValueError(f"{name} must be an integer (B,) tensor, got {_shape(indices)}")
+            raise ValueError(f"{name} must be an integer (B,) tensor, got {shape_of(indices)}")
         if indices.numel() and bool(((indices < 0) | (indices >= self.size)).any()):  # one sync
             low, high = int(indices.min()), int(indices.max())
             raise ValueError(
@@ -148,12 +146,12 @@ class MemoryBank(nn.Module):
         self._check_indices(indices)
         if not isinstance(embeddings, Tensor) or embeddings.shape != (indices.shape[0], self.dim):
             raise ValueError(
-                f"embeddings must be (B, D) = ({indices.shape[0]}, {self.dim}), got {_shape(embeddings)}"
+                f"embeddings must be (B, D) = ({indices.shape[0]}, {self.dim}), got {shape_of(embeddings)}"
             )
         if labels is not None and (
             not isinstance(labels, Tensor) or labels.shape != indices.shape or labels.is_floating_point()
         ):
-            raise ValueError(f"labels must be an integer ({indices.shape[0]},) tensor, got {_shape(labels)}")
+            raise ValueError(f"labels must be an integer ({indices.shape[0]},) tensor, got {shape_of(labels)}")
         if indices.numel() == 0:
             return
         indices = indices.to(self.bank.device, torch.long)
@@ -182,7 +180,7 @@ class MemoryBank(nn.Module):
             self._check_indices(indices)
             expected = indices.shape[0]
         if not isinstance(labels, Tensor) or labels.shape != (expected,) or labels.is_floating_point():
-            raise ValueError(f"labels must be an integer ({expected},) tensor, got {_shape(labels)}")
+            raise ValueError(f"labels must be an integer ({expected},) tensor, got {shape_of(labels)}")
         if indices is None:
             self.labels.copy_(labels)
         else:
@@ -249,13 +247,13 @@ class FeatureQueue(nn.Module):
             labels: optional (B,) labels; without them the slots get -1.
         """
         if not isinstance(keys, Tensor) or keys.dim() != 2 or keys.shape[1] != self.dim:
-            raise ValueError(f"keys must be (B, D) with D={self.dim}, got {_shape(keys)}")
+            raise ValueError(f"keys must be (B, D) with D={self.dim}, got {shape_of(keys)}")
         batch = keys.shape[0]
         self.check_batch(batch)
         if labels is not None and (
             not isinstance(labels, Tensor) or labels.shape != (batch,) or labels.is_floating_point()
         ):
-            raise ValueError(f"labels must be an integer ({batch},) tensor, got {_shape(labels)}")
+            raise ValueError(f"labels must be an integer ({batch},) tensor, got {shape_of(labels)}")
         device = self.queue.device
         slots = (self.ptr + torch.arange(batch, device=device)) % self.size  # (B,)
         self.queue.index_copy_(0, slots, keys.detach().to(device, self.queue.dtype))

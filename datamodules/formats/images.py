@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .geometry import center_crop_geometry
+from fam_lightning.normalization import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from .geometry import center_crop_geometry
 
 # Greyscale modes of more than 8 bits (16-bit PNG / TIFF): ``convert("RGB")`` clips them to 255.
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")

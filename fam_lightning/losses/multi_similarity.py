@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fam_lightning.shapes import shape_of
+
 __all__ = [
     "MultiSimilarityLoss",
     "MultiSimilarityMiner",
@@ -38,17 +40,13 @@ __all__ = [
 ]
 
 
-def _shape(x: object) -> object:
-    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-
-
 def check_metric_batch(embeddings: Tensor, labels: Tensor) -> None:
     """Raise ValueError unless ``embeddings`` is floating (B, D) and ``labels`` integer (B,)."""
     if not isinstance(embeddings, Tensor) or embeddings.ndim != 2 or not embeddings.is_floating_point():
-        raise ValueError(f"embeddings must be a floating tensor of shape (B, D), got {_shape(embeddings)}")
+        raise ValueError(f"embeddings must be a floating tensor of shape (B, D), got {shape_of(embeddings)}")
     batch = embeddings.shape[0]
     if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"labels must be an integer tensor of shape (B,) = ({batch},), got {_shape(labels)}")
+        raise ValueError(f"labels must be an integer tensor of shape (B,) = ({batch},), got {shape_of(labels)}")
     if labels.shape[0] != batch:
         raise ValueError(f"labels must have one entry per embedding, (B,) = ({batch},), got {tuple(labels.shape)}")
 

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fam_lightning.metrics.localization import pad_boxes
+from fam_lightning.normalization import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GREEN = (0.1, 0.9, 0.1)
 RED = (0.95, 0.1, 0.1)
 YELLOW = (1.0, 0.85, 0.0)
