@@ -63,6 +63,25 @@ def contrastive_augmentation(
     low, high = (float(v) for v in crop_scale)
     if not 0 < low <= high <= 1:
         raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {tuple(crop_scale)}")
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, scale=(low, high), antialias=True),
+        *photometric_steps(image_size, mean, std, gaussian_blur, color_jitter, color_jitter_p, grayscale_p),
+    ])
+
+
+def photometric_steps(
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    gaussian_blur: bool = False,
+    color_jitter: Sequence[float] = DEFAULT_COLOR_JITTER,
+    color_jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+) -> list[Callable[..., Any]]:
+    """Everything of a view after its crop: to float, colour jitter, grayscale, blur, flip, normalisation.
+
+    Args are those of :func:`contrastive_augmentation`; ``image_size`` is the side of the view (it sets the blur).
+    """
     jitter = tuple(float(v) for v in color_jitter)
     if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
         raise ValueError(
@@ -71,10 +90,7 @@ def contrastive_augmentation(
     for name, prob in (("color_jitter_p", color_jitter_p), ("grayscale_p", grayscale_p)):
         if not 0 <= prob <= 1:
             raise ValueError(f"{name} must be a probability in [0, 1], got {prob}")
-    steps: list[Callable[..., Any]] = [
-        v2.RandomResizedCrop(image_size, scale=(low, high), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-    ]
+    steps: list[Callable[..., Any]] = [v2.ToDtype(torch.float32, scale=True)]
     if any(jitter) and color_jitter_p > 0:
         steps.append(v2.RandomApply([v2.ColorJitter(*jitter)], p=color_jitter_p))
     if grayscale_p > 0:
@@ -83,8 +99,67 @@ def contrastive_augmentation(
         kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
         sigma = tuple(s * image_size / 224 for s in BLUR_SIGMA_AT_224)
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=sigma)], p=0.5))
-    steps += [v2.RandomHorizontalFlip(), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    return steps + [v2.RandomHorizontalFlip(), v2.Normalize(list(mean), list(std))]
+
+
+class LocalCrops:
+    """Views cropped around one random centre, at the scale the model is evaluated at.
+
+    The centre is drawn uniformly where a crop of side ``fraction`` x the
+    image's shorter side fits; each of ``count`` views is a crop of that side
+    times a random zoom in ``[1 - zoom, 1 + zoom]``, moved by up to ``offset``
+    x the shorter side, resized to ``round(fraction x eval_size)`` pixels (the
+    factor by which an evaluation resizes the whole image, so objects keep their
+    evaluation size), then ``photometric`` (:func:`photometric_steps`). The two
+    views of MoCo thus share most of their content; each shows a part of the image.
+
+    Args:
+        fraction: Crop side as a fraction of the image's shorter side, in (0, 1].
+        eval_size: Side the whole image is resized to for evaluation (``image_size``).
+        photometric: The rest of a view's augmentation.
+        count: Views per image (2 for MoCo, 1 for NPID).
+        offset: Largest shift of a view from the shared centre, a fraction of the shorter side.
+        zoom: Largest relative change of a view's crop side.
+    """
+
+    def __init__(
+        self,
+        fraction: float,
+        eval_size: int,
+        photometric: Callable[[torch.Tensor], torch.Tensor],
+        count: int = 2,
+        offset: float = 0.0625,
+        zoom: float = 0.15,
+    ) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"local_crop must be a fraction of the image side in (0, 1], got {fraction}")
+        if not 0 <= offset < 1 or not 0 <= zoom < 1:
+            raise ValueError(f"local crop offset and zoom must be in [0, 1), got {offset} and {zoom}")
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        self.fraction, self.offset, self.zoom, self.count = float(fraction), float(offset), float(zoom), count
+        self.output = max(1, round(fraction * eval_size))
+        self.photometric = photometric
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        height, width = image.shape[-2:]
+        short = min(height, width)
+        side = self.fraction * short
+        centre = torch.tensor([side / 2 + torch.rand(()).item() * (height - side),
+                               side / 2 + torch.rand(()).item() * (width - side)])
+        views = []
+        for _ in range(self.count):
+            size = min(short, max(1, round(side * (1 + self.zoom * (2 * torch.rand(()).item() - 1)))))
+            shift = (2 * torch.rand(2) - 1) * self.offset * short
+            top = int((centre[0] + shift[0] - size / 2).round().clamp(0, height - size))
+            left = int((centre[1] + shift[1] - size / 2).round().clamp(0, width - size))
+            crop = v2.functional.resized_crop(image, top, left, size, size, [self.output, self.output], antialias=True)
+            views.append(self.photometric(crop))
+        return tuple(views)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(fraction={self.fraction}, output={self.output}, count={self.count}, "
+                f"offset={self.offset}, zoom={self.zoom}, photometric={self.photometric!r})")
 
 
 class TwoViewTransform:
@@ -109,7 +184,7 @@ class ContrastiveViews(Dataset):
 
     Args:
         split_index: The images (a training split).
-        transform: One random view of a uint8 (3, H, W) image.
+        transform: One random view of a uint8 (3, H, W) image, or :class:`LocalCrops` (its views drawn together).
         two_views: Two independent views ("view1", "view2") or one ("image").
         cache: Keep decoded uint8 images at their stored size in memory (per
             process): only for small data sets such as the synthetic one.
@@ -147,6 +222,9 @@ class ContrastiveViews(Dataset):
         return item | {"label": int(self.labels[index]), "index": index}
 
     def _views(self, image: torch.Tensor) -> dict[str, Any]:
+        if isinstance(self.transform, LocalCrops):  # views drawn together, around one centre
+            views = self.transform(image)
+            return {"view1": views[0], "view2": views[1]} if self.two_views else {"image": views[0]}
         if self.two_views:
             view1, view2 = TwoViewTransform(self.transform)(image)
             return {"view1": view1, "view2": view2}

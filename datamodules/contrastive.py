@@ -37,12 +37,13 @@ and indices across ranks before filling the bank.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from fam_lightning.seeding import global_seed, mix_seed
 
@@ -51,8 +52,10 @@ from .augmentation import (
     DEFAULT_COLOR_JITTER,
     DEFAULT_CROP_SCALE,
     ContrastiveViews,
+    LocalCrops,
     TwoViewTransform,
     contrastive_augmentation,
+    photometric_steps,
 )
 from .base import ImageNetSource
 from .formats.geometry import PREPROCESSING
@@ -95,6 +98,14 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
         gaussian_blur: Add MoCo v2's Gaussian blur to the augmentation.
         crop_scale, color_jitter, color_jitter_p, grayscale_p: the augmentation's
             strengths (:func:`contrastive_augmentation`; defaults MoCo v1 / NPID's).
+        local_crop: None (default): views are random resized crops of the whole
+            image (``crop_scale``). A fraction ``f`` of the image side: views are
+            :class:`LocalCrops` instead, crops of side ``f`` around one random
+            centre, shrunk as the evaluation shrinks the whole image (output side
+            ``round(f x image_size)``), so the two views of an image show the same
+            part of it at the size the model sees it at evaluation.
+        local_crop_offset, local_crop_zoom: How far (fraction of the image side)
+            and how much (relative side) each local view may move and zoom.
         bank_loader: Return the train-images loader as the second validation
             loader. False for models that keep their bank up to date while
             training (NPID), so no epoch re-reads every training image.
@@ -140,6 +151,9 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
         color_jitter: tuple[float, float, float, float] = DEFAULT_COLOR_JITTER,
         color_jitter_p: float = 0.8,
         grayscale_p: float = 0.2,
+        local_crop: float | None = None,
+        local_crop_offset: float = 0.0625,
+        local_crop_zoom: float = 0.15,
         bank_loader: bool = True,
         cache_images: bool = False,
         boxes_dir: str | None = None,
@@ -170,7 +184,9 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
             "crop_scale": tuple(crop_scale), "color_jitter": tuple(color_jitter),
             "color_jitter_p": color_jitter_p, "grayscale_p": grayscale_p,
         }
-        contrastive_augmentation(image_size, gaussian_blur=gaussian_blur, **self.augmentation)  # bad values fail here
+        self.local_crop = None if local_crop is None else (float(local_crop), float(local_crop_offset),
+                                                            float(local_crop_zoom))
+        self._augment()  # bad values fail here
         self.bank_loader = bank_loader
         self.cache_images = cache_images
         self.seed = seed
@@ -216,13 +232,22 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
 
     def _train_views(self) -> ContrastiveViews:
         if "views" not in self._datasets:
-            augment = contrastive_augmentation(
-                self.image_size, self.mean, self.std, self.gaussian_blur, **self.augmentation
-            )
             self._datasets["views"] = ContrastiveViews(
-                self.split_index("train"), augment, two_views=self.two_views, cache=self.cache_images
+                self.split_index("train"), self._augment(), two_views=self.two_views, cache=self.cache_images
             )
         return self._datasets["views"]
+
+    def _augment(self) -> Callable[[torch.Tensor], Any]:
+        """The training views' transform: random resized crops, or local crops around one centre."""
+        if self.local_crop is None:
+            return contrastive_augmentation(
+                self.image_size, self.mean, self.std, self.gaussian_blur, **self.augmentation
+            )
+        fraction, offset, zoom = self.local_crop
+        colour = {k: v for k, v in self.augmentation.items() if k != "crop_scale"}
+        output = max(1, round(fraction * self.image_size))
+        photometric = v2.Compose(photometric_steps(output, self.mean, self.std, self.gaussian_blur, **colour))
+        return LocalCrops(fraction, self.image_size, photometric, 2 if self.two_views else 1, offset, zoom)
 
     def _eval_set(self, split: str) -> ImageNetDataset:
         if split not in self._datasets:

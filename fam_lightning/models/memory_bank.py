@@ -24,19 +24,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from fam_lightning import fam
 from fam_lightning.backbones import build_backbone
 from fam_lightning.knn import KNNIndex
-from fam_lightning.memory import FeatureQueue, MemoryBank, gather_from_all_ranks
+from fam_lightning.memory import FeatureQueue, MemoryBank
 from fam_lightning.models.bank_data import BankData
 from fam_lightning.models.bank_fill import fill_bank
 from fam_lightning.models.base import SimilarityModule
+from fam_lightning.models.contrastive_steps import ContrastiveObjectives
 from fam_lightning.models.published import import_into
 from fam_lightning.protocol import ExplanationInputs
 from fam_lightning.reliability import NonFiniteCount, nan_if_nonfinite
 
 
-class MemoryBankModel(BankData, SimilarityModule):
+class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
     """NPID or MoCo with kNN classification, implementing the SimilarityModel protocol.
 
     Args:
@@ -45,6 +45,12 @@ class MemoryBankModel(BankData, SimilarityModule):
         backbone_slope: LeakyReLU slope of registry backbones (0 = ReLU, as NPID / MoCo).
         embedding_dim: 128 in both papers.
         head: "linear" (NPID, MoCo v1) or "mlp" (MoCo v2).
+        pooling: "gap" (NPID, MoCo) or "gmp" of the feature maps before the head.
+        refresh_bank: Recompute the kNN bank from the un-augmented training images before
+            every evaluation (MoCo's kNN monitor), instead of comparing with the rows
+            written while training (NPID's memory, MoCo's latest keys): for views that
+            are not the images the kNN compares, such as local crops. NPID's memory,
+            which its loss reads, is left as trained.
         bank_size: training images; None reads the datamodule's ``num_train_images``.
         num_classes: classes of the kNN vote; None reads the datamodule's ``num_classes``.
         temperature: of NCE / InfoNCE.
@@ -70,7 +76,7 @@ class MemoryBankModel(BankData, SimilarityModule):
     """
 
     similarity = "cosine"
-    pooling = "gap"
+
     def __init__(
         self,
         method: Literal["npid", "moco"] = "npid",
@@ -78,6 +84,8 @@ class MemoryBankModel(BankData, SimilarityModule):
         backbone_slope: float = 0.0,
         embedding_dim: int = 128,
         head: Literal["linear", "mlp"] = "linear",
+        pooling: Literal["gap", "gmp"] = "gap",
+        refresh_bank: bool = False,
         bank_size: int | None = None,
         num_classes: int | None = None,
         temperature: float = 0.07,
@@ -97,6 +105,12 @@ class MemoryBankModel(BankData, SimilarityModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
+        if pooling not in ("gap", "gmp"):
+            raise ValueError(f"pooling must be 'gap' or 'gmp', got {pooling!r}")
+        if refresh_bank and method != "moco":
+            raise ValueError("refresh_bank=True rewrites MoCo's kNN bank; NPID's memory is what its loss trains "
+                             "against, so it is only for method='moco'")
+        self.pooling = pooling
         self.backbone = build_backbone(backbone, pretrained_path, backbone_kwargs, slope=backbone_slope)
         channels = self.backbone.out_channels
         if head == "linear":
@@ -182,57 +196,6 @@ class MemoryBankModel(BankData, SimilarityModule):
         self.log("train/loss", loss, batch_size=batch["index"].shape[0])
         return loss
 
-    def _npid_step(self, batch: dict[str, Any]) -> Tensor:
-        z = self(batch["image"]).float()  # (B, D), unit rows
-        index = batch["index"]
-        count, negatives = self.bank.size, self.hparams.nce_negatives
-        noise = torch.randint(0, count, (z.shape[0], negatives), device=z.device)
-        samples = torch.cat([index.unsqueeze(1), noise], dim=1)  # (B, 1 + K); column 0 positive
-        weights = self.bank.bank[samples]  # (B, 1 + K, D); indexing copies, so the update below is safe
-        logits = torch.einsum("bkd,bd->bk", weights, z) / self.hparams.temperature
-        if self.hparams.npid_loss == "softmax":
-            # the non-parametric softmax over the positive and K sampled entries
-            loss = F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
-            self.bank.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
-            return loss
-        scores = torch.exp(logits)
-        if self.nce_normalizer < 0:  # Z = mean score x N, estimated on the first batch (all ranks)
-            mean = gather_from_all_ranks(scores.detach().mean().reshape(1)).mean()
-            self.nce_normalizer.fill_(float(mean) * count)
-        probs = scores / self.nce_normalizer
-        noise_prob = negatives / count  # K x P_n with a uniform noise distribution
-        positive = torch.log(probs[:, 0] / (probs[:, 0] + noise_prob))
-        negative = torch.log(noise_prob / (probs[:, 1:] + noise_prob)).sum(1)
-        loss = -(positive + negative).mean()
-        self.bank.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
-        return loss
-
-    def _moco_step(self, batch: dict[str, Any]) -> Tensor:
-        q = self(batch["view1"]).float()  # (B, D)
-        with torch.no_grad():
-            self._momentum_update()
-            k = F.normalize(
-                fam.embed(fam.pool(self.key_backbone.forward_features(batch["view2"]), "gap"), self.key_projection),
-                dim=1,
-            ).float()
-        positive = (q * k).sum(1, keepdim=True)  # (B, 1)
-        negative = q @ self.queue.negatives().t()  # (B, K)
-        logits = torch.cat([positive, negative], dim=1) / self.hparams.temperature
-        loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
-        keys, index = gather_from_all_ranks(k), gather_from_all_ranks(batch["index"])
-        self.queue.enqueue(keys)
-        self.bank.update(index, keys)  # the kNN bank: the latest key of every image
-        return loss
-
-    @torch.no_grad()
-    def _momentum_update(self) -> None:
-        m = self.hparams.encoder_momentum
-        for online, target in ((self.backbone, self.key_backbone), (self.projection, self.key_projection)):
-            for p, tp in zip(online.parameters(), target.parameters()):
-                tp.mul_(m).add_(p.detach(), alpha=1 - m)
-            for b, tb in zip(online.buffers(), target.buffers()):
-                tb.copy_(b)
-
     # -- kNN evaluation -----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._build_index()
@@ -242,7 +205,7 @@ class MemoryBankModel(BankData, SimilarityModule):
 
     def _build_index(self) -> None:
         self._raise_bank_size_mismatch()
-        if not self.bank_filled:
+        if not self.bank_filled or self.hparams.refresh_bank:
             fill_bank(self)
             self.bank_filled = True
         if bool((self.bank.labels < 0).all()):  # e.g. restored from a converted file, saved before any labels

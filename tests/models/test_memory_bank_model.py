@@ -148,3 +148,44 @@ def test_test_stage_logs_knn_accuracy(tmp_path: Path) -> None:
         out = model.test_step(_batch(), 0)
     assert out["explain"].references.shape == (8, 10, 128)
     assert model.val_top1.update_called
+
+
+def test_gmp_pooling_feeds_the_head_and_the_key_encoder() -> None:
+    torch.manual_seed(0)
+    model = MemoryBankModel(method="moco", backbone="conv4", head="mlp", pooling="gmp", bank_size=40, num_classes=4,
+                            queue_size=16, knn_k=10)
+    model.log = lambda *a, **k: None
+    images = _batch(two_views=True)["view1"]
+    maps = model.forward_features(images)
+    torch.testing.assert_close(model(images), F.normalize(model.projection(maps.amax(dim=(2, 3))), dim=1))
+    model.training_step(_batch(two_views=True), 0)
+    keys = model.queue.queue[:8]  # the first enqueued keys: the key encoder, max-pooled
+    batch = _batch(two_views=True)
+    expected = F.normalize(model.key_projection(model.key_backbone.forward_features(batch["view2"]).amax(dim=(2, 3))))
+    torch.testing.assert_close(keys, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pooling must be 'gap' or 'gmp'"):
+        MemoryBankModel(method="moco", backbone="conv4", pooling="lse")
+
+
+def test_refresh_bank_recomputes_the_knn_bank_from_the_training_images_before_evaluating() -> None:
+    class Images:
+        def __init__(self) -> None:
+            self.batch_size = 16
+            self.images = torch.randn(40, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+        def train_images(self, rows: torch.Tensor) -> torch.Tensor:
+            return self.images[rows]
+
+    data = Images()
+    model = MemoryBankModel(method="moco", backbone="conv4", refresh_bank=True, bank_size=40, num_classes=4,
+                            queue_size=16, knn_k=10)
+    model.log = lambda *a, **k: None
+    model.bank.set_labels(torch.arange(40) % 4)
+    model.attach_datamodule(data)
+    model.training_step(_batch(two_views=True), 0)  # writes 8 crop keys into the bank
+    model.eval()
+    model.on_validation_epoch_start()
+    with torch.no_grad():
+        torch.testing.assert_close(model.bank.bank, model(data.images), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="only for method='moco'"):
+        MemoryBankModel(method="npid", backbone="conv4", refresh_bank=True)

@@ -1,0 +1,71 @@
+"""The training objectives of the memory-bank models: NPID's non-parametric softmax / NCE, MoCo's InfoNCE.
+
+A mixin of :class:`~fam_lightning.models.memory_bank.MemoryBankModel`: it reads the model's
+``hparams``, ``bank``, ``queue`` and key encoder, and updates them as the papers do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fam_lightning import fam
+from fam_lightning.memory import gather_from_all_ranks
+
+
+class ContrastiveObjectives:
+    """NPID's and MoCo's losses on one training batch, with their bank / queue / key-encoder updates."""
+
+    def _npid_step(self, batch: dict[str, Any]) -> Tensor:
+        z = self(batch["image"]).float()  # (B, D), unit rows
+        index = batch["index"]
+        count, negatives = self.bank.size, self.hparams.nce_negatives
+        noise = torch.randint(0, count, (z.shape[0], negatives), device=z.device)
+        samples = torch.cat([index.unsqueeze(1), noise], dim=1)  # (B, 1 + K); column 0 positive
+        weights = self.bank.bank[samples]  # (B, 1 + K, D); indexing copies, so the update below is safe
+        logits = torch.einsum("bkd,bd->bk", weights, z) / self.hparams.temperature
+        if self.hparams.npid_loss == "softmax":
+            # the non-parametric softmax over the positive and K sampled entries
+            loss = F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
+            self.bank.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
+            return loss
+        scores = torch.exp(logits)
+        if self.nce_normalizer < 0:  # Z = mean score x N, estimated on the first batch (all ranks)
+            mean = gather_from_all_ranks(scores.detach().mean().reshape(1)).mean()
+            self.nce_normalizer.fill_(float(mean) * count)
+        probs = scores / self.nce_normalizer
+        noise_prob = negatives / count  # K x P_n with a uniform noise distribution
+        positive = torch.log(probs[:, 0] / (probs[:, 0] + noise_prob))
+        negative = torch.log(noise_prob / (probs[:, 1:] + noise_prob)).sum(1)
+        loss = -(positive + negative).mean()
+        self.bank.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
+        return loss
+
+    def _moco_step(self, batch: dict[str, Any]) -> Tensor:
+        q = self(batch["view1"]).float()  # (B, D)
+        with torch.no_grad():
+            self._momentum_update()
+            k = F.normalize(
+                fam.embed(fam.pool(self.key_backbone.forward_features(batch["view2"]), self.pooling), self.key_projection),
+                dim=1,
+            ).float()
+        positive = (q * k).sum(1, keepdim=True)  # (B, 1)
+        negative = q @ self.queue.negatives().t()  # (B, K)
+        logits = torch.cat([positive, negative], dim=1) / self.hparams.temperature
+        loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+        keys, index = gather_from_all_ranks(k), gather_from_all_ranks(batch["index"])
+        self.queue.enqueue(keys)
+        self.bank.update(index, keys)  # the kNN bank: the latest key of every image
+        return loss
+
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        m = self.hparams.encoder_momentum
+        for online, target in ((self.backbone, self.key_backbone), (self.projection, self.key_projection)):
+            for p, tp in zip(online.parameters(), target.parameters()):
+                tp.mul_(m).add_(p.detach(), alpha=1 - m)
+            for b, tb in zip(online.buffers(), target.buffers()):
+                tb.copy_(b)
