@@ -33,7 +33,7 @@ from torch import Tensor
 from fam_lightning.callbacks.evolution import EvolutionRecord
 from fam_lightning.callbacks.layout import scalars_layout
 from fam_lightning.callbacks.probe import class_names, grid_of, normalization, probe_batch, probe_decisions
-from fam_lightning.callbacks.step0 import eval_mode, isolated_pass, validation_loaders, validation_outputs
+from fam_lightning.callbacks.step0 import eval_mode, isolated_pass, request_validation_loaders, validation_outputs
 from fam_lightning.explainers import EXPLAINERS, Explainer
 from fam_lightning.metrics.explanation import ExplanationMetrics, faithfulness_scores
 from fam_lightning.protocol import ExplanationInputs, check_similarity_model
@@ -165,7 +165,7 @@ class FAMCallback(L.Callback):
         if not self.log_initial or self._initial_done or trainer.global_step > 0:
             return
         self._initial_done = True
-        if validation_loaders(trainer) is None:
+        if request_validation_loaders(trainer) is None:
             rank_zero_warn(
                 "FAMCallback: no validation dataloader at train start (no validation in epoch 0?); "
                 "the step-0 maps and the untrained baseline are skipped"

@@ -88,6 +88,18 @@ def validation_loaders(trainer: L.Trainer) -> list[Any] | None:
     return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
 
 
+def request_validation_loaders(trainer: L.Trainer) -> list[Any] | None:
+    """:func:`validation_loaders`, first asking the fit loop for them if it has none yet.
+
+    Lightning builds the validation loaders at the first validation; with
+    ``check_val_every_n_epoch > 1`` that is after epoch 0, too late for step 0.
+    The loaders built here are the ones that validation then uses.
+    """
+    if trainer.val_dataloaders is None and trainer.limit_val_batches != 0:
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+    return validation_loaders(trainer)
+
+
 def validation_outputs(trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator[tuple[Any, int]]:
     """``(outputs, batch_idx)`` of the model's validation steps over the trainer's loaders, as Lightning runs them.
 

@@ -22,13 +22,15 @@ TINY = {
 
 
 def fit(data_dir: Path, log_dir: Path, epochs: int, log_initial: bool = True, ckpt_path: str | None = None,
-        name: str = "run", checkpoints: Path | None = None) -> tuple[L.Trainer, FewShotClassifier, FAMCallback]:
+        name: str = "run", checkpoints: Path | None = None,
+        val_every: int = 1) -> tuple[L.Trainer, FewShotClassifier, FAMCallback]:
     L.seed_everything(0, verbose=False)
     datamodule = FewShotDataModule(data_dir=str(data_dir), **TINY)
     model = FewShotClassifier(backbone="conv4", num_classes=12)
     callback = FAMCallback(num_probe_images=4, log_initial=log_initial)
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, num_sanity_val_steps=0, log_every_n_steps=1,
+        check_val_every_n_epoch=val_every,
         logger=TensorBoardLogger(str(log_dir), name=name, default_hp_metric=False),
         callbacks=[callback] + ([] if checkpoints is None else [ModelCheckpoint(checkpoints, save_top_k=-1)]),
         enable_checkpointing=checkpoints is not None, enable_progress_bar=False, enable_model_summary=False,
@@ -76,3 +78,15 @@ def test_resume_keeps_the_untrained_baseline_without_a_second_pass(tmp_path: Pat
     assert all(step > 0 for step, _ in scalars["val/fam_energy_pointing_game"])
     assert [v for _, v in scalars["val/fam_energy_untrained"]] == [pytest.approx(baseline, rel=1e-6)]
     assert resumed.untrained == {"val/fam_energy_untrained": baseline}
+
+
+@pytest.mark.slow
+def test_step_zero_is_logged_when_validation_starts_after_epoch_zero(tmp_path: Path, data_dir: Path) -> None:
+    """With check_val_every_n_epoch > 1 Lightning has no validation loaders at train start; the pass asks for them."""
+    trainer, _, callback = fit(data_dir, tmp_path, epochs=2, val_every=2)
+    scalars, images = read_events(Path(trainer.logger.log_dir))
+    assert sorted(set(images["val/fam_probe"]))[0] == 0
+    assert scalars["val/fam_energy_pointing_game"][0][0] == 0
+    assert [s for s, _ in scalars["val/acc"]] == [trainer.global_step - 1]  # one validation, after epoch 1
+    assert [s for s, _ in scalars["val/fam_energy_untrained"]] == [0, trainer.global_step - 1]
+    assert callback.untrained
