@@ -124,6 +124,7 @@ def config_energies(config: str, seed: int, data_overrides: dict[str, Any]) -> t
             loader = torch.utils.data.DataLoader(train, batch_size=data.batch_size)
             model.bank.bank.copy_(torch.cat([model(batch["image"]) for batch in loader]))
             model.bank.set_labels(data.train_labels)
+            model.attach_datamodule(data)  # a refresh_bank model recomputes the same rows from it
             model._build_index()
             decisions = [model.validation_step(batch, i, 0)["explain"] for i, batch in enumerate(data.val_dataloader()[0])]
         else:
