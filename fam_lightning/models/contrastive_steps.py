@@ -44,8 +44,13 @@ class ContrastiveObjectives:
         self.bank.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
         return loss
 
+    def _head(self) -> Any:
+        """The loss's head: the protocol's projection, or the separate one when the kNN reads the backbone."""
+        return self.projection if self.projection is not None else self.loss_head
+
     def _moco_step(self, batch: dict[str, Any]) -> Tensor:
-        q = self(batch["view1"]).float()  # (B, D)
+        q = F.normalize(fam.embed(fam.pool(self.forward_features(batch["view1"]), self.pooling), self._head()), dim=1)
+        q = q.float()  # (B, D)
         with torch.no_grad():
             self._momentum_update()
             k = F.normalize(
@@ -58,13 +63,14 @@ class ContrastiveObjectives:
         loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
         keys, index = gather_from_all_ranks(k), gather_from_all_ranks(batch["index"])
         self.queue.enqueue(keys)
-        self.bank.update(index, keys)  # the kNN bank: the latest key of every image
+        if self.projection is not None:
+            self.bank.update(index, keys)  # the kNN bank: the latest key of every image
         return loss
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
         m = self.hparams.encoder_momentum
-        for online, target in ((self.backbone, self.key_backbone), (self.projection, self.key_projection)):
+        for online, target in ((self.backbone, self.key_backbone), (self._head(), self.key_projection)):
             for p, tp in zip(online.parameters(), target.parameters()):
                 tp.mul_(m).add_(p.detach(), alpha=1 - m)
             for b, tb in zip(online.buffers(), target.buffers()):

@@ -51,6 +51,10 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
             written while training (NPID's memory, MoCo's latest keys): for views that
             are not the images the kNN compares, such as local crops. NPID's memory,
             which its loss reads, is left as trained.
+        knn_embedding: What the kNN compares (and FAM explains): "head", the head's output,
+            as NPID and MoCo do; or "backbone", the pooled backbone features, the representation
+            self-supervised evaluations read (the head then serves the loss only; MoCo with
+            ``refresh_bank=True``).
         bank_size: training images; None reads the datamodule's ``num_train_images``.
         num_classes: classes of the kNN vote; None reads the datamodule's ``num_classes``.
         temperature: of NCE / InfoNCE.
@@ -86,6 +90,7 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
         head: Literal["linear", "mlp"] = "linear",
         pooling: Literal["gap", "gmp"] = "gap",
         refresh_bank: bool = False,
+        knn_embedding: Literal["head", "backbone"] = "head",
         bank_size: int | None = None,
         num_classes: int | None = None,
         temperature: float = 0.07,
@@ -110,21 +115,29 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
         if refresh_bank and method != "moco":
             raise ValueError("refresh_bank=True rewrites MoCo's kNN bank; NPID's memory is what its loss trains "
                              "against, so it is only for method='moco'")
+        if knn_embedding not in ("head", "backbone"):
+            raise ValueError(f"knn_embedding must be 'head' or 'backbone', got {knn_embedding!r}")
+        if knn_embedding == "backbone" and not refresh_bank:
+            raise ValueError("knn_embedding='backbone' needs refresh_bank=True (method='moco'): the bank then "
+                             "holds backbone features, which training does not write")
         self.pooling = pooling
         self.backbone = build_backbone(backbone, pretrained_path, backbone_kwargs, slope=backbone_slope)
         channels = self.backbone.out_channels
         if head == "linear":
-            self.projection: nn.Module = nn.Linear(channels, embedding_dim)
+            loss_head: nn.Module = nn.Linear(channels, embedding_dim)
         else:
-            self.projection = nn.Sequential(
+            loss_head = nn.Sequential(
                 nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, embedding_dim)
             )
+        # the protocol's projection is the head when the kNN compares head outputs (state-dict key "projection")
+        self.projection: nn.Module | None = loss_head if knn_embedding == "head" else None
+        self.loss_head: nn.Module | None = None if knn_embedding == "head" else loss_head
         self.key_backbone: nn.Module | None = None
         self.key_projection: nn.Module | None = None
         self.queue: FeatureQueue | None = None
         if method == "moco":
             self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
-            self.key_projection = copy.deepcopy(self.projection).requires_grad_(False)
+            self.key_projection = copy.deepcopy(loss_head).requires_grad_(False)
             self.queue = FeatureQueue(queue_size, embedding_dim)
         self.bank: MemoryBank | None = None
         if bank_size is not None:
@@ -168,7 +181,8 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
 
     def _build_bank(self, size: int) -> None:
         momentum = self.hparams.bank_momentum if self.hparams.method == "npid" else 0.0
-        self.bank = MemoryBank(size, self.hparams.embedding_dim, momentum=momentum)
+        width = self.hparams.embedding_dim if self.projection is not None else self.backbone.out_channels
+        self.bank = MemoryBank(size, width, momentum=momentum)
         self.hparams["bank_size"] = size
 
     def setup(self, stage: str) -> None:

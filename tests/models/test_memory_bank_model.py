@@ -189,3 +189,28 @@ def test_refresh_bank_recomputes_the_knn_bank_from_the_training_images_before_ev
         torch.testing.assert_close(model.bank.bank, model(data.images), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="only for method='moco'"):
         MemoryBankModel(method="npid", backbone="conv4", refresh_bank=True)
+
+
+def test_knn_on_backbone_features_trains_the_head_and_compares_pooled_features() -> None:
+    torch.manual_seed(0)
+    model = MemoryBankModel(method="moco", backbone="conv4", head="mlp", pooling="gmp", refresh_bank=True,
+                            knn_embedding="backbone", bank_size=40, num_classes=4, queue_size=16, knn_k=10)
+    model.log = lambda *a, **k: None
+    assert model.projection is None and model.bank.bank.shape == (40, 64)  # the protocol: pooled features, FC-free
+    batch = _batch(two_views=True)
+    maps = model.forward_features(batch["view1"])
+    torch.testing.assert_close(model(batch["view1"]), F.normalize(maps.amax(dim=(2, 3)), dim=1))
+    bank_before, head_before = model.bank.bank.clone(), [p.clone() for p in model.loss_head.parameters()]
+    key_head_before = [p.clone() for p in model.key_projection.parameters()]
+    loss = model.training_step(batch, 0)
+    loss.backward()
+    assert all(p.grad is not None for p in model.loss_head.parameters())  # the loss trains the head
+    assert torch.equal(model.bank.bank, bank_before)  # keys are not written into a bank of features
+    assert model.queue.queue.shape[1] == 128  # the queue holds head outputs
+    m = model.hparams.encoder_momentum
+    for k0, online, k1 in zip(key_head_before, head_before, model.key_projection.parameters()):
+        torch.testing.assert_close(k1, m * k0 + (1 - m) * online)  # the key head follows the loss head
+    with pytest.raises(ValueError, match="needs refresh_bank=True"):
+        MemoryBankModel(method="moco", backbone="conv4", knn_embedding="backbone")
+    with pytest.raises(ValueError, match="knn_embedding must be"):
+        MemoryBankModel(method="moco", backbone="conv4", refresh_bank=True, knn_embedding="neck")
