@@ -49,12 +49,13 @@ class ContrastiveObjectives:
         return self.projection if self.projection is not None else self.loss_head
 
     def _moco_step(self, batch: dict[str, Any]) -> Tensor:
-        q = F.normalize(fam.embed(fam.pool(self.forward_features(batch["view1"]), self.pooling), self._head()), dim=1)
-        q = q.float()  # (B, D)
+        pooled = fam.pool(self.forward_features(batch["view1"]), self.loss_pooling)
+        q = F.normalize(fam.embed(pooled, self._head()), dim=1).float()  # (B, D)
         with torch.no_grad():
             self._momentum_update()
             k = F.normalize(
-                fam.embed(fam.pool(self.key_backbone.forward_features(batch["view2"]), self.pooling), self.key_projection),
+                fam.embed(fam.pool(self.key_backbone.forward_features(batch["view2"]), self.loss_pooling),
+                          self.key_projection),
                 dim=1,
             ).float()
         positive = (q * k).sum(1, keepdim=True)  # (B, 1)

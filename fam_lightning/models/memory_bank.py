@@ -55,6 +55,9 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
             as NPID and MoCo do; or "backbone", the pooled backbone features, the representation
             self-supervised evaluations read (the head then serves the loss only; MoCo with
             ``refresh_bank=True``).
+        loss_pooling: Pooling of the training views for the loss; None: ``pooling``. Another
+            one (e.g. GAP over a local crop's few positions, GMP over the whole image for the
+            kNN) needs ``refresh_bank=True``: the bank is then computed with ``pooling``.
         bank_size: training images; None reads the datamodule's ``num_train_images``.
         num_classes: classes of the kNN vote; None reads the datamodule's ``num_classes``.
         temperature: of NCE / InfoNCE.
@@ -91,6 +94,7 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
         pooling: Literal["gap", "gmp"] = "gap",
         refresh_bank: bool = False,
         knn_embedding: Literal["head", "backbone"] = "head",
+        loss_pooling: Literal["gap", "gmp"] | None = None,
         bank_size: int | None = None,
         num_classes: int | None = None,
         temperature: float = 0.07,
@@ -117,6 +121,13 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
                              "against, so it is only for method='moco'")
         if knn_embedding not in ("head", "backbone"):
             raise ValueError(f"knn_embedding must be 'head' or 'backbone', got {knn_embedding!r}")
+        loss_pooling = pooling if loss_pooling is None else loss_pooling
+        if loss_pooling not in ("gap", "gmp"):
+            raise ValueError(f"loss_pooling must be 'gap', 'gmp' or None, got {loss_pooling!r}")
+        if loss_pooling != pooling and not refresh_bank:
+            raise ValueError(f"loss_pooling={loss_pooling!r} differs from pooling={pooling!r}: that needs "
+                             "refresh_bank=True (method='moco'), so the kNN bank is computed with pooling")
+        self.loss_pooling = loss_pooling
         if knn_embedding == "backbone" and not refresh_bank:
             raise ValueError("knn_embedding='backbone' needs refresh_bank=True (method='moco'): the bank then "
                              "holds backbone features, which training does not write")

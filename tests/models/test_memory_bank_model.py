@@ -214,3 +214,21 @@ def test_knn_on_backbone_features_trains_the_head_and_compares_pooled_features()
         MemoryBankModel(method="moco", backbone="conv4", knn_embedding="backbone")
     with pytest.raises(ValueError, match="knn_embedding must be"):
         MemoryBankModel(method="moco", backbone="conv4", refresh_bank=True, knn_embedding="neck")
+
+
+def test_loss_pooling_pools_the_training_views_apart_from_the_knn() -> None:
+    torch.manual_seed(0)
+    model = MemoryBankModel(method="moco", backbone="conv4", pooling="gmp", loss_pooling="gap", refresh_bank=True,
+                            knn_embedding="backbone", bank_size=40, num_classes=4, queue_size=16, knn_k=10)
+    model.log = lambda *a, **k: None
+    batch = _batch(two_views=True)
+    batch = {**batch, "view1": batch["view1"].repeat(1, 1, 2, 2), "view2": batch["view2"].repeat(1, 1, 2, 2)}  # 64 px
+    model.training_step(batch, 0)
+    maps = model.key_backbone.forward_features(batch["view2"])
+    assert maps.shape[-1] == 4  # several positions, so GAP and GMP differ
+    expected = F.normalize(model.key_projection(maps.mean(dim=(2, 3))), dim=1)
+    torch.testing.assert_close(model.queue.queue[:8], expected, atol=1e-5, rtol=1e-5)
+    knn_side = F.normalize(model.forward_features(batch["view1"]).amax(dim=(2, 3)), dim=1)
+    torch.testing.assert_close(model(batch["view1"]), knn_side)  # the protocol (kNN, FAM) max-pools
+    with pytest.raises(ValueError, match="needs refresh_bank=True"):
+        MemoryBankModel(method="moco", backbone="conv4", pooling="gmp", loss_pooling="gap")
