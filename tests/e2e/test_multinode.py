@@ -32,6 +32,7 @@ FAMILIES = {
     "moco": ("contrastive/moco_synthetic.yaml", "moco_synthetic", "val/knn_top1",
              ["--data.image_size", "32", "--data.batch_size", "16", "--data.synthetic_train_per_class", "8",
               "--data.synthetic_val_per_class", "4", "--data.num_workers", "0", "--model.init_args.knn_k", "10",
+              "--data.local_crop", "0.5", "--trainer.check_val_every_n_epoch", "1",  # 16 px views, val every epoch
               "--model.init_args.queue_size", "64", "--trainer.strategy", *NO_BUFFER_BROADCAST]),
     "retrieval": ("retrieval/ms_synthetic.yaml", "ms_synthetic", "val/recall@1",
                   ["--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20",
