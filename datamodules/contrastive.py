@@ -194,6 +194,11 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
         self._datasets: dict[str, Dataset] = {}
 
     @property
+    def train_view_size(self) -> int:
+        """Side in pixels of the training views: ``image_size``, or the local crops' smaller side."""
+        return self.image_size if self.local_crop is None else max(1, round(self.local_crop[0] * self.image_size))
+
+    @property
     def num_train_images(self) -> int:
         """Training images (the memory bank's size); readable before ``setup``.
 

@@ -201,6 +201,7 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
 
     def on_train_start(self) -> None:
         self._raise_bank_size_mismatch()
+        self._check_view_size(getattr(self.trainer.datamodule, "train_view_size", None))
         if self.queue is not None:
             batch = self.trainer.train_dataloader.batch_size
             if batch is not None:
@@ -210,6 +211,24 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
                 f"nce_negatives={self.hparams.nce_negatives} must be smaller than the memory bank "
                 f"({self.bank.size} training images)"
             )
+
+    @torch.no_grad()
+    def _check_view_size(self, side: int | None) -> None:
+        """A clear error when the training views are too small for the backbone (e.g. a small ``local_crop``)."""
+        if side is None:
+            return
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            self.backbone.forward_features(torch.zeros(1, 3, side, side, device=self.device))
+        except RuntimeError as error:
+            raise ValueError(
+                f"training views of {side} x {side} px are too small for the backbone "
+                f"{type(self.backbone).__name__} ({str(error).splitlines()[0]}); use a larger data.local_crop "
+                "or data.image_size"
+            ) from None
+        finally:
+            self.backbone.train(was_training)
 
     # -- training -----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

@@ -80,3 +80,8 @@ def test_one_view_for_npid(tmp_path: Path) -> None:
 def test_bad_local_crop_is_named_by_the_data_module(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="local_crop"):
         ContrastiveDataModule(data_dir=str(tmp_path), **TINY, local_crop=0.0)
+
+
+def test_the_data_module_says_how_large_its_training_views_are(tmp_path: Path) -> None:
+    assert ContrastiveDataModule(data_dir=str(tmp_path), **TINY).train_view_size == 32
+    assert ContrastiveDataModule(data_dir=str(tmp_path), **TINY, local_crop=0.25).train_view_size == 8

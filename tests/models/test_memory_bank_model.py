@@ -232,3 +232,13 @@ def test_loss_pooling_pools_the_training_views_apart_from_the_knn() -> None:
     torch.testing.assert_close(model(batch["view1"]), knn_side)  # the protocol (kNN, FAM) max-pools
     with pytest.raises(ValueError, match="needs refresh_bank=True"):
         MemoryBankModel(method="moco", backbone="conv4", pooling="gmp", loss_pooling="gap")
+
+
+def test_views_too_small_for_the_backbone_are_named_before_training() -> None:
+    model = _model("moco")
+    model._check_view_size(16)  # Conv4's four pools: 16 -> 1
+    model._check_view_size(None)  # a data module that does not say
+    assert model.backbone.training
+    with pytest.raises(ValueError, match=r"training views of 8 x 8 px are too small for the backbone ConvNet.*local_crop"):
+        model._check_view_size(8)
+    assert model.backbone.training  # mode restored
