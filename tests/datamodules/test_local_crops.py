@@ -1,4 +1,4 @@
-"""Local views (``ContrastiveDataModule(local_crop=...)``): where they are cut, their size, their seeds, their errors."""
+"""Local views (``ContrastiveDataModule(local_crop=...)``): where they are cut, their size, seeds and errors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fam_lightning.datamodules.augmentation import ContrastiveViews, LocalCrops
 from fam_lightning.datamodules.contrastive import ContrastiveDataModule
+
 from tests.datamodules.test_contrastive import NUM_TRAIN, TINY
 
 

@@ -239,6 +239,6 @@ def test_views_too_small_for_the_backbone_are_named_before_training() -> None:
     model._check_view_size(16)  # Conv4's four pools: 16 -> 1
     model._check_view_size(None)  # a data module that does not say
     assert model.backbone.training
-    with pytest.raises(ValueError, match=r"training views of 8 x 8 px are too small for the backbone ConvNet.*local_crop"):
+    with pytest.raises(ValueError, match=r"views of 8 x 8 px are too small for the backbone ConvNet.*local_crop"):
         model._check_view_size(8)
     assert model.backbone.training  # mode restored
