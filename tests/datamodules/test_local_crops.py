@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fam_lightning.datamodules.augmentation import ContrastiveViews, LocalCrops
 from fam_lightning.datamodules.contrastive import ContrastiveDataModule
-
 from tests.datamodules.test_contrastive import NUM_TRAIN, TINY
 
 
