@@ -9,7 +9,15 @@ import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fam_lightning.reliability import ScheduleHorizonError
-from tests.helpers.tiny import Recorder, assert_same_run, cpu_trainer, tiny_fewshot, tiny_npid, tiny_retrieval
+from tests.helpers.tiny import (
+    Recorder,
+    assert_same_run,
+    cpu_trainer,
+    tiny_fewshot,
+    tiny_moco_local,
+    tiny_npid,
+    tiny_retrieval,
+)
 
 pytestmark = pytest.mark.slow  # every test trains
 
@@ -37,6 +45,15 @@ def test_npid_resume_matches_the_straight_run_bank_included(tmp_path: Path, data
     straight = _fit(*tiny_npid(data_dir), tmp_path / "a")
     resumed = _fit(*tiny_npid(data_dir), tmp_path / "b", ckpt_path=str(tmp_path / "a" / "checkpoints" / "epoch0.ckpt"))
     assert "bank.bank" in straight[0].lightning_module.state_dict()
+    assert_same_run(straight, resumed)
+
+
+def test_moco_local_views_resume_matches_the_straight_run_bank_included(tmp_path: Path, data_dir: Path) -> None:
+    # local views (seeded per item), the queue, the key encoder and the bank recomputed before each validation
+    straight = _fit(*tiny_moco_local(data_dir), tmp_path / "a")
+    epoch0 = tmp_path / "a" / "checkpoints" / "epoch0.ckpt"
+    resumed = _fit(*tiny_moco_local(data_dir), tmp_path / "b", ckpt_path=str(epoch0))
+    assert straight[0].lightning_module.bank.bank.shape == (32, 64)  # backbone features
     assert_same_run(straight, resumed)
 
 

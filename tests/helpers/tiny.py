@@ -72,6 +72,23 @@ def tiny_npid(data_dir: Path) -> tuple[L.LightningModule, L.LightningDataModule]
     return model, data
 
 
+def tiny_moco_local(data_dir: Path) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """MoCo v2 as the synthetic config trains it (local views, loss GAP, kNN on max-pooled backbone features,
+    the bank recomputed before each validation), on 4 classes x 8 training images at 32 px (16 px views)."""
+    from fam_lightning.datamodules import ContrastiveDataModule
+    from fam_lightning.models import MemoryBankModel
+
+    L.seed_everything(0)
+    data = ContrastiveDataModule(
+        data_dir=str(data_dir), image_size=32, batch_size=8, two_views=True, bank_loader=False,
+        cache_images=True, synthetic_classes=4, synthetic_train_per_class=8, synthetic_val_per_class=4,
+        synthetic_image_size=48, local_crop=0.5,
+    )
+    model = MemoryBankModel(method="moco", backbone="conv4", head="mlp", embedding_dim=16, queue_size=16, knn_k=5,
+                            pooling="gmp", loss_pooling="gap", knn_embedding="backbone", refresh_bank=True)
+    return model, data
+
+
 def tiny_retrieval(data_dir: Path) -> tuple[L.LightningModule, L.LightningDataModule]:
     """A Conv4 retrieval model (16-d, Recall@1/2) and 3 batches of 3 classes x 2 images at 32 px."""
     from fam_lightning.datamodules import RetrievalDataModule
@@ -93,7 +110,7 @@ class Recorder(Callback):
         self.batches: list[tuple[int, int, float]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, idx: int) -> None:
-        images = batch["support"] if "support" in batch else batch["image"]
+        images = next(batch[key] for key in ("support", "image", "view1") if key in batch)
         self.batches.append((trainer.current_epoch, idx, float(images.double().sum())))
         self._record(trainer)
 
