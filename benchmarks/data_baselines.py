@@ -120,11 +120,11 @@ def config_energies(config: str, seed: int, data_overrides: dict[str, Any]) -> t
                 model._eval_step(batch, 0, model.val_recall, model.val_nonfinite)
             decisions = [model._explain_queries(batch) for batch in batches]  # each queried against the others
         elif family == "MemoryBankModel":
-            train = data._eval_set("train")
-            loader = torch.utils.data.DataLoader(train, batch_size=data.batch_size)
-            model.bank.bank.copy_(torch.cat([model(batch["image"]) for batch in loader]))
+            if not model.hparams.refresh_bank:  # a refresh_bank model computes these rows itself (attached data)
+                loader = torch.utils.data.DataLoader(data._eval_set("train"), batch_size=data.batch_size)
+                model.bank.bank.copy_(torch.cat([model(batch["image"]) for batch in loader]))
             model.bank.set_labels(data.train_labels)
-            model.attach_datamodule(data)  # a refresh_bank model recomputes the same rows from it
+            model.attach_datamodule(data)
             model._build_index()
             decisions = [model.validation_step(batch, i, 0)["explain"] for i, batch in enumerate(data.val_dataloader()[0])]
         else:

@@ -102,6 +102,11 @@ def photometric_steps(
     return steps + [v2.RandomHorizontalFlip(), v2.Normalize(list(mean), list(std))]
 
 
+def local_view_side(fraction: float, eval_size: int) -> int:
+    """Side in pixels of a :class:`LocalCrops` view: ``fraction`` of the evaluation size, at least 1."""
+    return max(1, round(fraction * eval_size))
+
+
 class LocalCrops:
     """Views cropped around one random centre, at the scale the model is evaluated at.
 
@@ -138,7 +143,7 @@ class LocalCrops:
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         self.fraction, self.offset, self.zoom, self.count = float(fraction), float(offset), float(zoom), count
-        self.output = max(1, round(fraction * eval_size))
+        self.output = local_view_side(fraction, eval_size)
         self.photometric = photometric
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -55,6 +55,7 @@ from .augmentation import (
     LocalCrops,
     TwoViewTransform,
     contrastive_augmentation,
+    local_view_side,
     photometric_steps,
 )
 from .base import ImageNetSource
@@ -196,7 +197,7 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
     @property
     def train_view_size(self) -> int:
         """Side in pixels of the training views: ``image_size``, or the local crops' smaller side."""
-        return self.image_size if self.local_crop is None else max(1, round(self.local_crop[0] * self.image_size))
+        return self.image_size if self.local_crop is None else local_view_side(self.local_crop[0], self.image_size)
 
     @property
     def num_train_images(self) -> int:
@@ -250,9 +251,8 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
             )
         fraction, offset, zoom = self.local_crop
         colour = {k: v for k, v in self.augmentation.items() if k != "crop_scale"}
-        output = max(1, round(fraction * self.image_size))
-        photometric = v2.Compose(photometric_steps(output, self.mean, self.std, self.gaussian_blur, **colour))
-        return LocalCrops(fraction, self.image_size, photometric, 2 if self.two_views else 1, offset, zoom)
+        steps = photometric_steps(self.train_view_size, self.mean, self.std, self.gaussian_blur, **colour)
+        return LocalCrops(fraction, self.image_size, v2.Compose(steps), 2 if self.two_views else 1, offset, zoom)
 
     def _eval_set(self, split: str) -> ImageNetDataset:
         if split not in self._datasets:

@@ -1,4 +1,5 @@
-"""A memory bank's link to its training data: the size check, the labels, the images it is computed from.
+"""A memory bank's link to its training data: the size check, the labels, the images it is computed from,
+and whether the training views fit the backbone.
 
 The bank has one row per training image, in the data module's sorted order; its labels are the data
 module's ``train_labels``. A bank from a file (an imported NPID memory, a checkpoint) must have as many
@@ -20,8 +21,8 @@ __all__ = ["BankData"]
 class BankData:
     """Mixin of :class:`~fam_lightning.models.MemoryBankModel`: the bank's data module, size check, labels.
 
-    Expects ``self.bank`` (a :class:`~fam_lightning.memory.MemoryBank` or None), ``self.hparams`` and
-    ``self._build_bank(size)``.
+    Expects ``self.bank`` (a :class:`~fam_lightning.memory.MemoryBank` or None), ``self.hparams``,
+    ``self.backbone`` and ``self._build_bank(size)``.
     """
 
     def attach_datamodule(self, datamodule: Any) -> None:
@@ -78,3 +79,21 @@ class BankData:
             f"{images} images; data.root/train must be the training set the checkpoint was trained on "
             "(the same images, whose sorted order gives the rows)"
         )
+
+    @torch.no_grad()
+    def _check_view_size(self, side: int | None) -> None:
+        """A clear error when the training views are too small for the backbone (e.g. a small ``local_crop``)."""
+        if side is None:
+            return
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            self.backbone.forward_features(torch.zeros(1, 3, side, side, device=self.device))
+        except RuntimeError as error:
+            raise ValueError(
+                f"training views of {side} x {side} px are too small for the backbone "
+                f"{type(self.backbone).__name__} ({str(error).splitlines()[0]}); use a larger data.local_crop "
+                "or data.image_size"
+            ) from None
+        finally:
+            self.backbone.train(was_training)

@@ -48,24 +48,23 @@ class ContrastiveObjectives:
         """The loss's head: the protocol's projection, or the separate one when the kNN reads the backbone."""
         return self.projection if self.projection is not None else self.loss_head
 
+    def _loss_embedding(self, feature_maps: Tensor, head: Any) -> Tensor:
+        """Unit (B, D) rows the loss compares: ``loss_pooling``, then the head."""
+        return F.normalize(fam.embed(fam.pool(feature_maps, self.loss_pooling), head), dim=1).float()
+
     def _moco_step(self, batch: dict[str, Any]) -> Tensor:
-        pooled = fam.pool(self.forward_features(batch["view1"]), self.loss_pooling)
-        q = F.normalize(fam.embed(pooled, self._head()), dim=1).float()  # (B, D)
+        q = self._loss_embedding(self.forward_features(batch["view1"]), self._head())  # (B, D)
         with torch.no_grad():
             self._momentum_update()
-            k = F.normalize(
-                fam.embed(fam.pool(self.key_backbone.forward_features(batch["view2"]), self.loss_pooling),
-                          self.key_projection),
-                dim=1,
-            ).float()
+            k = self._loss_embedding(self.key_backbone.forward_features(batch["view2"]), self.key_projection)
         positive = (q * k).sum(1, keepdim=True)  # (B, 1)
         negative = q @ self.queue.negatives().t()  # (B, K)
         logits = torch.cat([positive, negative], dim=1) / self.hparams.temperature
         loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
-        keys, index = gather_from_all_ranks(k), gather_from_all_ranks(batch["index"])
+        keys = gather_from_all_ranks(k)
         self.queue.enqueue(keys)
-        if self.projection is not None:
-            self.bank.update(index, keys)  # the kNN bank: the latest key of every image
+        if not self.hparams.get("refresh_bank", False):  # else the bank is recomputed before each evaluation
+            self.bank.update(gather_from_all_ranks(batch["index"]), keys)  # the kNN bank: each image's latest key
         return loss
 
     @torch.no_grad()

@@ -36,6 +36,26 @@ from fam_lightning.protocol import ExplanationInputs
 from fam_lightning.reliability import NonFiniteCount, nan_if_nonfinite
 
 
+def _check_bank_options(method: str, pooling: str, loss_pooling: str | None, refresh_bank: bool,
+                        knn_embedding: str) -> str:
+    """The loss's pooling (``pooling`` unless given), or a ValueError naming the option that does not fit."""
+    loss_pooling = pooling if loss_pooling is None else loss_pooling
+    for name, value, allowed in (("pooling", pooling, ("gap", "gmp")), ("loss_pooling", loss_pooling, ("gap", "gmp")),
+                                 ("knn_embedding", knn_embedding, ("head", "backbone"))):
+        if value not in allowed:
+            raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, got {value!r}")
+    if refresh_bank and method != "moco":
+        raise ValueError("refresh_bank=True rewrites MoCo's kNN bank; NPID's memory is what its loss trains "
+                         "against, so it is only for method='moco'")
+    if loss_pooling != pooling and not refresh_bank:
+        raise ValueError(f"loss_pooling={loss_pooling!r} differs from pooling={pooling!r}: that needs "
+                         "refresh_bank=True (method='moco'), so the kNN bank is computed with pooling")
+    if knn_embedding == "backbone" and not refresh_bank:
+        raise ValueError("knn_embedding='backbone' needs refresh_bank=True (method='moco'): the bank then "
+                         "holds backbone features, which training does not write")
+    return loss_pooling
+
+
 class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
     """NPID or MoCo with kNN classification, implementing the SimilarityModel protocol.
 
@@ -114,24 +134,8 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
-        if pooling not in ("gap", "gmp"):
-            raise ValueError(f"pooling must be 'gap' or 'gmp', got {pooling!r}")
-        if refresh_bank and method != "moco":
-            raise ValueError("refresh_bank=True rewrites MoCo's kNN bank; NPID's memory is what its loss trains "
-                             "against, so it is only for method='moco'")
-        if knn_embedding not in ("head", "backbone"):
-            raise ValueError(f"knn_embedding must be 'head' or 'backbone', got {knn_embedding!r}")
-        loss_pooling = pooling if loss_pooling is None else loss_pooling
-        if loss_pooling not in ("gap", "gmp"):
-            raise ValueError(f"loss_pooling must be 'gap', 'gmp' or None, got {loss_pooling!r}")
-        if loss_pooling != pooling and not refresh_bank:
-            raise ValueError(f"loss_pooling={loss_pooling!r} differs from pooling={pooling!r}: that needs "
-                             "refresh_bank=True (method='moco'), so the kNN bank is computed with pooling")
-        self.loss_pooling = loss_pooling
-        if knn_embedding == "backbone" and not refresh_bank:
-            raise ValueError("knn_embedding='backbone' needs refresh_bank=True (method='moco'): the bank then "
-                             "holds backbone features, which training does not write")
         self.pooling = pooling
+        self.loss_pooling = _check_bank_options(method, pooling, loss_pooling, refresh_bank, knn_embedding)
         self.backbone = build_backbone(backbone, pretrained_path, backbone_kwargs, slope=backbone_slope)
         channels = self.backbone.out_channels
         if head == "linear":
@@ -211,24 +215,6 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
                 f"nce_negatives={self.hparams.nce_negatives} must be smaller than the memory bank "
                 f"({self.bank.size} training images)"
             )
-
-    @torch.no_grad()
-    def _check_view_size(self, side: int | None) -> None:
-        """A clear error when the training views are too small for the backbone (e.g. a small ``local_crop``)."""
-        if side is None:
-            return
-        was_training = self.backbone.training
-        self.backbone.eval()
-        try:
-            self.backbone.forward_features(torch.zeros(1, 3, side, side, device=self.device))
-        except RuntimeError as error:
-            raise ValueError(
-                f"training views of {side} x {side} px are too small for the backbone "
-                f"{type(self.backbone).__name__} ({str(error).splitlines()[0]}); use a larger data.local_crop "
-                "or data.image_size"
-            ) from None
-        finally:
-            self.backbone.train(was_training)
 
     # -- training -----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

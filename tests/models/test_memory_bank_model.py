@@ -182,7 +182,7 @@ def test_refresh_bank_recomputes_the_knn_bank_from_the_training_images_before_ev
     model.log = lambda *a, **k: None
     model.bank.set_labels(torch.arange(40) % 4)
     model.attach_datamodule(data)
-    model.training_step(_batch(two_views=True), 0)  # writes 8 crop keys into the bank
+    model.training_step(_batch(two_views=True), 0)  # trains; the bank is left to the refresh
     model.eval()
     model.on_validation_epoch_start()
     with torch.no_grad():
