@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fam_lightning import fam
 from fam_lightning.datamodules import ContrastiveDataModule, RetrievalDataModule
 from fam_lightning.loading import load_model
 from fam_lightning.models import MemoryBankModel, RetrievalModel
@@ -187,3 +188,49 @@ def test_the_size_of_a_real_data_sets_images_is_read_from_a_sample_of_headers(tm
         for k in range(3):
             Image.new("RGB", (500, 375)).save(imagenet / wnid / f"{wnid}_{k}.JPEG")
     assert explain.training_geometry({"root": str(imagenet.parent)}) == (500, 375)
+
+
+@pytest.fixture(scope="module")
+def moco_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MoCo v2 as moco_synthetic.yaml builds it: the kNN over max-pooled backbone features (no head), the
+    bank recomputed from the training images; trained weights are not needed, only that kind of bank."""
+    folder = tmp_path_factory.mktemp("moco")
+    data = ContrastiveDataModule(data_dir=str(folder / "data"), image_size=32, batch_size=8, two_views=True,
+                                 bank_loader=False, synthetic_classes=4, synthetic_train_per_class=5,
+                                 synthetic_val_per_class=2, synthetic_image_size=32, cache_images=True)
+    torch.manual_seed(0)
+    model = MemoryBankModel(method="moco", backbone="conv4", head="mlp", embedding_dim=16, queue_size=8,
+                            knn_k=6, pooling="gmp", loss_pooling="gap", knn_embedding="backbone",
+                            refresh_bank=True, bank_size=data.num_train_images, num_classes=4)
+    return _save(folder / "moco.ckpt", model, "fam_lightning.models.MemoryBankModel", data,
+                 "fam_lightning.datamodules.ContrastiveDataModule")
+
+
+def test_backbone_knn_figure_votes_over_the_recomputed_backbone_bank(
+    moco_backbone: Path, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    model, datamodule, embeddings = _decide(moco_backbone, photos["small"])
+    # the decision is made on the max-pooled backbone features themselves: no head, the bank as wide
+    assert model.projection is None and embeddings.shape == (1, model.backbone.out_channels)
+    decision = explain.knn_decision(model, datamodule, embeddings)
+    images = datamodule.train_images(torch.arange(datamodule.num_train_images))
+    with torch.no_grad():  # the bank the vote ran over is this model's own features of the training images
+        own = F.normalize(model.embed(model.forward_features(images)), dim=1)
+    torch.testing.assert_close(model.bank.bank, own, atol=1e-5, rtol=1e-5)
+    scores, rows, votes = model.knn(embeddings)
+    predicted = int(scores.argmax(1))
+    same = model.bank.labels[rows] == predicted
+    torch.testing.assert_close(decision.weights, votes * same)
+    torch.testing.assert_close(decision.references, own[rows])
+    assert "weighted kNN vote of the 6 nearest memory-bank images" in decision.lines[0][0]
+    # FAM on this decision is exact: its channel weights sum to the vote-weighted mean cosine similarity
+    with torch.no_grad():
+        pooled = fam.pool(model.forward_features(explain.read_photo(photos["small"], 32).model_input[None]), "gmp")
+    weights = fam.contribution_weights(pooled, decision.references, similarity="cosine",
+                                       reference_weights=decision.weights)
+    cosine = F.cosine_similarity(pooled[:, None], decision.references, dim=-1)
+    mean = (cosine * decision.weights).sum(1) / decision.weights.sum(1)
+    torch.testing.assert_close(weights.sum(1), mean, atol=1e-5, rtol=1e-4)
+    written = explain.explain_files(model, [photos["small"]], ["fam"], tmp_path, image_size=32,
+                                    decision="model", datamodule=datamodule)
+    assert written[0].is_file()
