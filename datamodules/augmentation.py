@@ -125,6 +125,9 @@ class LocalCrops:
         count: Views per image (2 for MoCo, 1 for NPID).
         offset: Largest shift of a view from the shared centre, a fraction of the shorter side.
         zoom: Largest relative change of a view's crop side.
+        grid: 0 (default): the centre is drawn anywhere. ``G``: it is the centre of one of the ``G x G``
+            cells of the image, drawn uniformly (:meth:`draw` says which), so a view is one of ``G x G``
+            fixed parts of the image: NPID's instances then are those parts, one memory row each.
     """
 
     def __init__(
@@ -135,23 +138,36 @@ class LocalCrops:
         count: int = 2,
         offset: float = 0.0625,
         zoom: float = 0.15,
+        grid: int = 0,
     ) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"local_crop must be a fraction of the image side in (0, 1], got {fraction}")
         if not 0 <= offset < 1 or not 0 <= zoom < 1:
             raise ValueError(f"local crop offset and zoom must be in [0, 1), got {offset} and {zoom}")
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count}")
+        if count < 1 or grid < 0:
+            raise ValueError(f"count must be >= 1 and grid >= 0, got {count} and {grid}")
         self.fraction, self.offset, self.zoom, self.count = float(fraction), float(offset), float(zoom), count
+        self.grid = int(grid)
+        self.cells = max(1, self.grid) ** 2  # the parts of an image its views are drawn from (1: anywhere)
         self.output = local_view_side(fraction, eval_size)
         self.photometric = photometric
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.draw(image)[0]
+
+    def draw(self, image: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], int]:
+        """The views of ``image`` and the grid cell around whose centre they lie (0 without a grid)."""
         height, width = image.shape[-2:]
         short = min(height, width)
         side = self.fraction * short
-        centre = torch.tensor([side / 2 + torch.rand(()).item() * (height - side),
-                               side / 2 + torch.rand(()).item() * (width - side)])
+        cell = 0
+        if self.grid:
+            cell = int(torch.randint(self.cells, ()))
+            row, col = divmod(cell, self.grid)
+            centre = torch.tensor([(row + 0.5) * height / self.grid, (col + 0.5) * width / self.grid])
+        else:
+            centre = torch.tensor([side / 2 + torch.rand(()).item() * (height - side),
+                                   side / 2 + torch.rand(()).item() * (width - side)])
         views = []
         for _ in range(self.count):
             size = min(short, max(1, round(side * (1 + self.zoom * (2 * torch.rand(()).item() - 1)))))
@@ -160,11 +176,11 @@ class LocalCrops:
             left = int((centre[1] + shift[1] - size / 2).round().clamp(0, width - size))
             crop = v2.functional.resized_crop(image, top, left, size, size, [self.output, self.output], antialias=True)
             views.append(self.photometric(crop))
-        return tuple(views)
+        return tuple(views), cell
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(fraction={self.fraction}, output={self.output}, count={self.count}, "
-                f"offset={self.offset}, zoom={self.zoom}, photometric={self.photometric!r})")
+                f"offset={self.offset}, zoom={self.zoom}, grid={self.grid}, photometric={self.photometric!r})")
 
 
 class TwoViewTransform:
@@ -220,16 +236,19 @@ class ContrastiveViews(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} images of split {self.split_index.split!r}")
         image = self._load(index)
         if item_seed is None:
-            return self._views(image) | {"label": int(self.labels[index]), "index": index}
+            return self._views(image, index) | {"label": int(self.labels[index]), "index": index}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)
-            item = self._views(image)
+            item = self._views(image, index)
         return item | {"label": int(self.labels[index]), "index": index}
 
-    def _views(self, image: torch.Tensor) -> dict[str, Any]:
+    def _views(self, image: torch.Tensor, index: int) -> dict[str, Any]:
         if isinstance(self.transform, LocalCrops):  # views drawn together, around one centre
-            views = self.transform(image)
-            return {"view1": views[0], "view2": views[1]} if self.two_views else {"image": views[0]}
+            views, cell = self.transform.draw(image)
+            item = {"view1": views[0], "view2": views[1]} if self.two_views else {"image": views[0]}
+            if self.transform.grid:  # the part of the image the views show: NPID's instance (memory row)
+                item["instance"] = index * self.transform.cells + cell
+            return item
         if self.two_views:
             view1, view2 = TwoViewTransform(self.transform)(image)
             return {"view1": view1, "view2": view2}

@@ -107,6 +107,9 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
             part of it at the size the model sees it at evaluation.
         local_crop_offset, local_crop_zoom: How far (fraction of the image side)
             and how much (relative side) each local view may move and zoom.
+        local_crop_grid: 0: local views anywhere. ``G``: around the centre of one of ``G x G`` cells
+            (:class:`LocalCrops`), the item's ``"instance"`` = ``index x G^2 + cell``: NPID with
+            ``refresh_bank`` keeps a memory row per part of an image (``instances_per_image``).
         bank_loader: Return the train-images loader as the second validation
             loader. False for models that keep their bank up to date while
             training (NPID), so no epoch re-reads every training image.
@@ -155,6 +158,7 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
         local_crop: float | None = None,
         local_crop_offset: float = 0.0625,
         local_crop_zoom: float = 0.15,
+        local_crop_grid: int = 0,
         bank_loader: bool = True,
         cache_images: bool = False,
         boxes_dir: str | None = None,
@@ -185,8 +189,10 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
             "crop_scale": tuple(crop_scale), "color_jitter": tuple(color_jitter),
             "color_jitter_p": color_jitter_p, "grayscale_p": grayscale_p,
         }
+        if local_crop_grid and local_crop is None:
+            raise ValueError(f"local_crop_grid={local_crop_grid} places local views: it needs local_crop")
         self.local_crop = None if local_crop is None else (float(local_crop), float(local_crop_offset),
-                                                            float(local_crop_zoom))
+                                                            float(local_crop_zoom), int(local_crop_grid))
         self._augment()  # bad values fail here
         self.bank_loader = bank_loader
         self.cache_images = cache_images
@@ -198,6 +204,11 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
     def train_view_size(self) -> int:
         """Side in pixels of the training views: ``image_size``, or the local crops' smaller side."""
         return self.image_size if self.local_crop is None else local_view_side(self.local_crop[0], self.image_size)
+
+    @property
+    def instances_per_image(self) -> int:
+        """Parts of a training image that its views come from, each its own ``"instance"`` (1: the image)."""
+        return 1 if self.local_crop is None else max(1, self.local_crop[3]) ** 2
 
     @property
     def num_train_images(self) -> int:
@@ -249,10 +260,11 @@ class ContrastiveDataModule(ImageNetSource, L.LightningDataModule):
             return contrastive_augmentation(
                 self.image_size, self.mean, self.std, self.gaussian_blur, **self.augmentation
             )
-        fraction, offset, zoom = self.local_crop
+        fraction, offset, zoom, grid = self.local_crop
         colour = {k: v for k, v in self.augmentation.items() if k != "crop_scale"}
         steps = photometric_steps(self.train_view_size, self.mean, self.std, self.gaussian_blur, **colour)
-        return LocalCrops(fraction, self.image_size, v2.Compose(steps), 2 if self.two_views else 1, offset, zoom)
+        return LocalCrops(fraction, self.image_size, v2.Compose(steps), 2 if self.two_views else 1, offset, zoom,
+                          grid)
 
     def _eval_set(self, split: str) -> ImageNetDataset:
         if split not in self._datasets:

@@ -54,6 +54,19 @@ class BankData:
         if relabel or bool((self.bank.labels < 0).all()):
             self._labels_from_datamodule()
 
+    def _take_instances(self, instances: int) -> None:
+        """The data's instances per image: NPID's memory rows (with ``refresh_bank``), or a ValueError."""
+        if instances > 1 and not (self.hparams.method == "npid" and self.hparams.refresh_bank):
+            raise ValueError(f"the data gives {instances} instances per image (local_crop_grid), which only NPID "
+                             "with refresh_bank=True uses (a memory row each); set local_crop_grid to 0")
+        if self.hparams.instances_per_image is None:
+            self.hparams["instances_per_image"] = instances
+            if self.bank is not None:
+                self._build_bank(self.bank.size)
+        elif self.hparams.instances_per_image != instances and self.memory is not None:
+            raise ValueError(f"instances_per_image={self.hparams.instances_per_image} but the data gives "
+                             f"{instances} per image (local_crop_grid squared); set them equal or leave it unset")
+
     def _labels_from_datamodule(self) -> None:
         """Bank labels = the datamodule's ``train_labels`` (the label of every training image), if it has them."""
         labels = getattr(self.bank_datamodule(), "train_labels", None)

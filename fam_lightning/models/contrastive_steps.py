@@ -1,7 +1,8 @@
 """The training objectives of the memory-bank models: NPID's non-parametric softmax / NCE, MoCo's InfoNCE.
 
 A mixin of :class:`~fam_lightning.models.memory_bank.MemoryBankModel`: it reads the model's
-``hparams``, ``bank``, ``queue`` and key encoder, and updates them as the papers do.
+``hparams``, ``bank`` (or NPID's separate ``memory``), ``queue`` and key encoder, and updates them as the
+papers do.
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ class ContrastiveObjectives:
     """NPID's and MoCo's losses on one training batch, with their bank / queue / key-encoder updates."""
 
     def _npid_step(self, batch: dict[str, Any]) -> Tensor:
-        z = self(batch["image"]).float()  # (B, D), unit rows
-        index = batch["index"]
-        count, negatives = self.bank.size, self.hparams.nce_negatives
+        memory = self.bank if self.memory is None else self.memory  # apart from the kNN bank with refresh_bank
+        if self.memory is None:
+            z = self(batch["image"]).float()  # (B, D), unit rows
+        else:
+            z = self._loss_embedding(self.forward_features(batch["image"]), self._head())
+        index = batch.get("instance", batch["index"])  # the memory row: the image, or one part of it
+        count, negatives = memory.size, self.hparams.nce_negatives
         noise = torch.randint(0, count, (z.shape[0], negatives), device=z.device)
         samples = torch.cat([index.unsqueeze(1), noise], dim=1)  # (B, 1 + K); column 0 positive
-        weights = self.bank.bank[samples]  # (B, 1 + K, D); indexing copies, so the update below is safe
+        weights = memory.bank[samples]  # (B, 1 + K, D); indexing copies, so the update below is safe
         logits = torch.einsum("bkd,bd->bk", weights, z) / self.hparams.temperature
         if self.hparams.npid_loss == "softmax":
             # the non-parametric softmax over the positive and K sampled entries
             loss = F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
-            self.bank.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
+            memory.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
             return loss
         scores = torch.exp(logits)
         if self.nce_normalizer < 0:  # Z = mean score x N, estimated on the first batch (all ranks)
@@ -41,7 +46,7 @@ class ContrastiveObjectives:
         positive = torch.log(probs[:, 0] / (probs[:, 0] + noise_prob))
         negative = torch.log(noise_prob / (probs[:, 1:] + noise_prob)).sum(1)
         loss = -(positive + negative).mean()
-        self.bank.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
+        memory.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
         return loss
 
     def _head(self) -> Any:

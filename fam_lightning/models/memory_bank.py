@@ -44,14 +44,11 @@ def _check_bank_options(method: str, pooling: str, loss_pooling: str | None, ref
                                  ("knn_embedding", knn_embedding, ("head", "backbone"))):
         if value not in allowed:
             raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, got {value!r}")
-    if refresh_bank and method != "moco":
-        raise ValueError("refresh_bank=True rewrites MoCo's kNN bank; NPID's memory is what its loss trains "
-                         "against, so it is only for method='moco'")
     if loss_pooling != pooling and not refresh_bank:
         raise ValueError(f"loss_pooling={loss_pooling!r} differs from pooling={pooling!r}: that needs "
-                         "refresh_bank=True (method='moco'), so the kNN bank is computed with pooling")
+                         "refresh_bank=True, so the kNN bank is computed with pooling")
     if knn_embedding == "backbone" and not refresh_bank:
-        raise ValueError("knn_embedding='backbone' needs refresh_bank=True (method='moco'): the bank then "
+        raise ValueError("knn_embedding='backbone' needs refresh_bank=True: the bank then "
                          "holds backbone features, which training does not write")
     return loss_pooling
 
@@ -69,16 +66,20 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
         refresh_bank: Recompute the kNN bank from the un-augmented training images before
             every evaluation (MoCo's kNN monitor), instead of comparing with the rows
             written while training (NPID's memory, MoCo's latest keys): for views that
-            are not the images the kNN compares, such as local crops. NPID's memory,
-            which its loss reads, is left as trained.
+            are not the images the kNN compares, such as local crops. NPID then keeps its
+            memory, which its loss reads, apart (``memory``, ``instances_per_image`` rows per
+            image): the kNN bank is recomputed, the memory is left as trained.
         knn_embedding: What the kNN compares (and FAM explains): "head", the head's output,
             as NPID and MoCo do; or "backbone", the pooled backbone features, the representation
-            self-supervised evaluations read (the head then serves the loss only; MoCo with
+            self-supervised evaluations read (the head then serves the loss only; needs
             ``refresh_bank=True``).
         loss_pooling: Pooling of the training views for the loss; None: ``pooling``. Another
             one (e.g. GAP over a local crop's few positions, GMP over the whole image for the
             kNN) needs ``refresh_bank=True``: the bank is then computed with ``pooling``.
         bank_size: training images; None reads the datamodule's ``num_train_images``.
+        instances_per_image: NPID with ``refresh_bank``: memory rows per training image, one per part
+            its views come from (``ContrastiveDataModule(local_crop_grid=G)``: ``G x G``, the item's
+            ``"instance"`` the row); None reads the datamodule's ``instances_per_image`` (1: the image).
         num_classes: classes of the kNN vote; None reads the datamodule's ``num_classes``.
         temperature: of NCE / InfoNCE.
         nce_negatives: NPID noise samples per image.
@@ -116,6 +117,7 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
         knn_embedding: Literal["head", "backbone"] = "head",
         loss_pooling: Literal["gap", "gmp"] | None = None,
         bank_size: int | None = None,
+        instances_per_image: int | None = None,
         num_classes: int | None = None,
         temperature: float = 0.07,
         nce_negatives: int = 4096,
@@ -155,6 +157,7 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
             self.key_projection = copy.deepcopy(loss_head).requires_grad_(False)
             self.queue = FeatureQueue(queue_size, embedding_dim)
         self.bank: MemoryBank | None = None
+        self.memory: MemoryBank | None = None  # NPID's memory when it is not the kNN bank (refresh_bank)
         if bank_size is not None:
             self._build_bank(bank_size)
         self.register_buffer("nce_normalizer", torch.tensor(-1.0))  # NPID's Z, estimated once
@@ -195,13 +198,18 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
         self._raise_bank_size_mismatch()  # now that the file is known (trainer.ckpt_path)
 
     def _build_bank(self, size: int) -> None:
-        momentum = self.hparams.bank_momentum if self.hparams.method == "npid" else 0.0
+        npid, refresh = self.hparams.method == "npid", self.hparams.refresh_bank
         width = self.hparams.embedding_dim if self.projection is not None else self.backbone.out_channels
-        self.bank = MemoryBank(size, width, momentum=momentum)
+        self.bank = MemoryBank(size, width, momentum=self.hparams.bank_momentum if npid and not refresh else 0.0)
         self.hparams["bank_size"] = size
+        if npid and refresh:  # the loss's memory, apart from the recomputed kNN bank
+            rows = size * (self.hparams.instances_per_image or 1)
+            self.memory = MemoryBank(rows, self.hparams.embedding_dim, momentum=self.hparams.bank_momentum)
 
     def setup(self, stage: str) -> None:
-        self._use_datamodule(getattr(self.trainer, "datamodule", None), relabel=stage == "fit")
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self._take_instances(getattr(datamodule, "instances_per_image", 1))
+        self._use_datamodule(datamodule, relabel=stage == "fit")
 
     def on_train_start(self) -> None:
         self._raise_bank_size_mismatch()
@@ -210,10 +218,11 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
             batch = self.trainer.train_dataloader.batch_size
             if batch is not None:
                 self.queue.check_batch(batch * self.trainer.world_size)
-        if self.hparams.method == "npid" and self.hparams.nce_negatives >= self.bank.size:
+        memory = self.memory if self.memory is not None else self.bank
+        if self.hparams.method == "npid" and self.hparams.nce_negatives >= memory.size:
             raise ValueError(
                 f"nce_negatives={self.hparams.nce_negatives} must be smaller than the memory bank "
-                f"({self.bank.size} training images)"
+                f"({memory.size} rows)"
             )
 
     # -- training -----------------------------------------------------------------------

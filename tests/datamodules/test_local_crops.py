@@ -77,6 +77,41 @@ def test_one_view_for_npid(tmp_path: Path) -> None:
     assert datamodule._train_views()[(0, 5)]["image"].shape == (3, 8, 8)
 
 
+def test_a_grid_centres_the_views_on_one_cell_and_says_which() -> None:
+    torch.manual_seed(2)
+    image = _coordinates(96, 96)
+    crops = LocalCrops(fraction=1 / 3, eval_size=96, photometric=_as_float, count=1, offset=0.0625, zoom=0.0, grid=3)
+    assert crops.cells == 9
+    seen = set()
+    for _ in range(60):
+        (view,), cell = crops.draw(image)
+        row, col = divmod(cell, 3)
+        centre = torch.stack([view[0].mean(), view[1].mean()])
+        expected = torch.tensor([(row + 0.5) * 32, (col + 0.5) * 32])
+        assert bool(((centre - expected).abs() <= 0.0625 * 96 + 1.5).all()), (cell, centre)  # its cell's centre
+        seen.add(cell)
+    assert seen == set(range(9))
+    assert LocalCrops(fraction=0.5, eval_size=32, photometric=_as_float).cells == 1  # no grid: the image
+
+
+def test_grid_items_carry_their_instance_the_memory_row_of_that_part(tmp_path: Path) -> None:
+    datamodule = ContrastiveDataModule(data_dir=str(tmp_path), **TINY, two_views=False, local_crop=0.5,
+                                       local_crop_grid=2)
+    datamodule.setup("fit")
+    assert datamodule.instances_per_image == 4
+    views = datamodule._train_views()
+    for index in range(NUM_TRAIN):
+        item = views[(index, 77)]
+        assert index * 4 <= item["instance"] < index * 4 + 4 and item["index"] == index
+        assert views[(index, 77)]["instance"] == item["instance"]  # a fixed function of the item's seed
+    batch = next(iter(datamodule.train_dataloader()))
+    assert torch.equal(batch["instance"] // 4, batch["index"])
+    assert ContrastiveDataModule(data_dir=str(tmp_path), **TINY, local_crop=0.5).instances_per_image == 1
+    assert "instance" not in ContrastiveDataModule(data_dir=str(tmp_path), **TINY, local_crop=0.5)._train_views()[0]
+    with pytest.raises(ValueError, match="local_crop_grid=2 places local views: it needs local_crop"):
+        ContrastiveDataModule(data_dir=str(tmp_path), **TINY, local_crop_grid=2)
+
+
 def test_bad_local_crop_is_named_by_the_data_module(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="local_crop"):
         ContrastiveDataModule(data_dir=str(tmp_path), **TINY, local_crop=0.0)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fam_lightning.reliability import ScheduleHorizonError
@@ -16,6 +17,7 @@ from tests.helpers.tiny import (
     tiny_fewshot,
     tiny_moco_local,
     tiny_npid,
+    tiny_npid_patches,
     tiny_retrieval,
 )
 
@@ -45,6 +47,18 @@ def test_npid_resume_matches_the_straight_run_bank_included(tmp_path: Path, data
     straight = _fit(*tiny_npid(data_dir), tmp_path / "a")
     resumed = _fit(*tiny_npid(data_dir), tmp_path / "b", ckpt_path=str(tmp_path / "a" / "checkpoints" / "epoch0.ckpt"))
     assert "bank.bank" in straight[0].lightning_module.state_dict()
+    assert_same_run(straight, resumed)
+
+
+def test_npid_patch_instances_resume_matches_the_straight_run_memory_included(tmp_path: Path,
+                                                                            data_dir: Path) -> None:
+    # a memory row per part of an image (its cell drawn per item, seeded), apart from the recomputed kNN bank
+    straight = _fit(*tiny_npid_patches(data_dir), tmp_path / "a")
+    epoch0 = tmp_path / "a" / "checkpoints" / "epoch0.ckpt"
+    resumed = _fit(*tiny_npid_patches(data_dir), tmp_path / "b", ckpt_path=str(epoch0))
+    model = straight[0].lightning_module
+    assert model.memory.bank.shape == (128, 16) and model.bank.bank.shape == (32, 64)  # 32 images x 4 parts
+    assert torch.equal(model.memory.bank, resumed[0].lightning_module.memory.bank)
     assert_same_run(straight, resumed)
 
 

@@ -21,7 +21,11 @@ FITS = {
         "contrastive/npid_synthetic.yaml",
         ["--data.image_size", "32", "--data.batch_size", "16", "--data.synthetic_train_per_class", "8",
          "--data.synthetic_val_per_class", "4", "--model.init_args.knn_k", "10",
-         "--model.init_args.nce_negatives", "16", "--data.num_workers", "0"],
+         "--model.init_args.nce_negatives", "16", "--data.num_workers", "0", "--trainer.check_val_every_n_epoch", "1",
+         # NPID as published (whole-image views, the kNN on the head's memory), not the config's patch instances
+         "--model.init_args.refresh_bank", "false", "--model.init_args.knn_embedding", "head",
+         "--model.init_args.pooling", "gap", "--model.init_args.loss_pooling", "null",
+         "--data.local_crop", "null", "--data.local_crop_grid", "0"],
     ),
     "retrieval": (
         "retrieval/ms_synthetic.yaml",
@@ -69,6 +73,23 @@ def tiny_npid(data_dir: Path) -> tuple[L.LightningModule, L.LightningDataModule]
     )
     model = MemoryBankModel(method="npid", backbone="conv4", embedding_dim=16, nce_negatives=8, npid_loss="nce",
                             knn_k=5)
+    return model, data
+
+
+def tiny_npid_patches(data_dir: Path) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """NPID as the synthetic config trains it (a memory row per cell of a 2 x 2 grid, local views, loss GAP,
+    kNN on max-pooled backbone features, the bank recomputed before each validation), 4 x 8 images at 32 px."""
+    from fam_lightning.datamodules import ContrastiveDataModule
+    from fam_lightning.models import MemoryBankModel
+
+    L.seed_everything(0)
+    data = ContrastiveDataModule(
+        data_dir=str(data_dir), image_size=32, batch_size=8, two_views=False, bank_loader=False,
+        cache_images=True, synthetic_classes=4, synthetic_train_per_class=8, synthetic_val_per_class=4,
+        synthetic_image_size=48, local_crop=0.5, local_crop_grid=2,
+    )
+    model = MemoryBankModel(method="npid", backbone="conv4", embedding_dim=16, nce_negatives=8, npid_loss="softmax",
+                            knn_k=5, pooling="gmp", loss_pooling="gap", knn_embedding="backbone", refresh_bank=True)
     return model, data
 
 

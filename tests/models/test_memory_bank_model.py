@@ -187,8 +187,50 @@ def test_refresh_bank_recomputes_the_knn_bank_from_the_training_images_before_ev
     model.on_validation_epoch_start()
     with torch.no_grad():
         torch.testing.assert_close(model.bank.bank, model(data.images), atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="only for method='moco'"):
-        MemoryBankModel(method="npid", backbone="conv4", refresh_bank=True)
+
+
+def test_npid_with_refresh_bank_trains_a_memory_row_per_part_of_an_image_apart_from_the_knn_bank() -> None:
+    class Images:
+        batch_size, instances_per_image = 16, 4
+        images = torch.randn(40, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+        def train_images(self, rows: torch.Tensor) -> torch.Tensor:
+            return self.images[rows]
+
+    torch.manual_seed(0)
+    model = MemoryBankModel(method="npid", backbone="conv4", pooling="gmp", loss_pooling="gap", refresh_bank=True,
+                            knn_embedding="backbone", bank_size=40, num_classes=4, nce_negatives=16, knn_k=10,
+                            npid_loss="softmax")
+    model.log = lambda *a, **k: None
+    model._take_instances(Images.instances_per_image)  # what setup reads from the data module
+    assert model.memory.bank.shape == (160, 128) and model.bank.bank.shape == (40, 64)
+    assert model.hparams.instances_per_image == 4
+    batch = _batch()
+    batch["instance"] = batch["index"] * 4 + torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    memory, bank = model.memory.bank.clone(), model.bank.bank.clone()
+    with torch.no_grad():  # the loss embedding: GAP over the view, then the head
+        z = F.normalize(model.loss_head(model.forward_features(batch["image"]).mean(dim=(2, 3))), dim=1)
+    model.training_step(batch, 0)
+    rows = batch["instance"]
+    torch.testing.assert_close(model.memory.bank[rows], F.normalize(0.5 * memory[rows] + 0.5 * z, dim=1),
+                               atol=1e-5, rtol=1e-5)  # NPID's rule, on the rows of those parts
+    untouched = torch.ones(160, dtype=torch.bool).index_fill_(0, rows, False)
+    assert torch.equal(model.memory.bank[untouched], memory[untouched])
+    assert torch.equal(model.bank.bank, bank)  # training does not write the kNN bank
+    model.bank.set_labels(torch.arange(40) % 4)
+    model.attach_datamodule(Images())
+    model.eval()
+    trained = model.memory.bank.clone()
+    model.on_validation_epoch_start()
+    with torch.no_grad():  # the kNN bank: max-pooled backbone features of the whole images; the memory kept
+        torch.testing.assert_close(model.bank.bank, F.normalize(model.forward_features(Images.images).amax(dim=(2, 3))),
+                                   atol=1e-5, rtol=1e-5)
+    assert torch.equal(model.memory.bank, trained)
+    with pytest.raises(ValueError, match="instances_per_image=4 but the data gives 9"):
+        model._take_instances(9)
+    moco = MemoryBankModel(method="moco", backbone="conv4", bank_size=40, queue_size=16)
+    with pytest.raises(ValueError, match="only NPID with refresh_bank=True uses"):
+        moco._take_instances(4)
 
 
 def test_knn_on_backbone_features_trains_the_head_and_compares_pooled_features() -> None:
