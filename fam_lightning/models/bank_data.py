@@ -22,7 +22,7 @@ class BankData:
     """Mixin of :class:`~fam_lightning.models.MemoryBankModel`: the bank's data module, size check, labels.
 
     Expects ``self.bank`` (a :class:`~fam_lightning.memory.MemoryBank` or None), ``self.hparams``,
-    ``self.backbone`` and ``self._build_bank(size)``.
+    ``self.backbone``, ``self.memory``, ``self._build_bank(size)`` and ``self._build_memory()``.
     """
 
     def attach_datamodule(self, datamodule: Any) -> None:
@@ -61,8 +61,8 @@ class BankData:
                              "with refresh_bank=True uses (a memory row each); set local_crop_grid to 0")
         if self.hparams.instances_per_image is None:
             self.hparams["instances_per_image"] = instances
-            if self.bank is not None:
-                self._build_bank(self.bank.size)
+            if self.memory is not None and self.memory.size != self.bank.size * instances:
+                self._build_memory()  # the bank (e.g. an imported one) is kept
         elif self.hparams.instances_per_image != instances and self.memory is not None:
             raise ValueError(f"instances_per_image={self.hparams.instances_per_image} but the data gives "
                              f"{instances} per image (local_crop_grid squared); set them equal or leave it unset")

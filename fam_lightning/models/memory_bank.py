@@ -202,9 +202,13 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
         width = self.hparams.embedding_dim if self.projection is not None else self.backbone.out_channels
         self.bank = MemoryBank(size, width, momentum=self.hparams.bank_momentum if npid and not refresh else 0.0)
         self.hparams["bank_size"] = size
-        if npid and refresh:  # the loss's memory, apart from the recomputed kNN bank
-            rows = size * (self.hparams.instances_per_image or 1)
-            self.memory = MemoryBank(rows, self.hparams.embedding_dim, momentum=self.hparams.bank_momentum)
+        if npid and refresh:
+            self._build_memory()
+
+    def _build_memory(self) -> None:
+        """NPID's memory apart from the recomputed kNN bank: ``instances_per_image`` rows per bank row."""
+        rows = self.bank.size * (self.hparams.instances_per_image or 1)
+        self.memory = MemoryBank(rows, self.hparams.embedding_dim, momentum=self.hparams.bank_momentum)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -33,8 +33,11 @@ class StepMarker(Callback):
 
 
 def bank_state(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
-    """The memory bank, its labels and (MoCo) the queue and its pointer, on the CPU."""
+    """The memory bank, its labels, NPID's separate memory (with refresh_bank) and MoCo's queue and pointer,
+    on the CPU."""
     state = {"bank": pl_module.bank.bank.cpu(), "labels": pl_module.bank.labels.cpu()}
+    if getattr(pl_module, "memory", None) is not None:
+        state["memory"] = pl_module.memory.bank.cpu()
     if pl_module.queue is not None:
         state["queue"] = pl_module.queue.queue.cpu()
         state["ptr"] = pl_module.queue.ptr.cpu()

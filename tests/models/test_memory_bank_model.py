@@ -127,12 +127,14 @@ def test_two_process_ddp_fit_every_rank_ends_with_the_same_bank(method: str, tmp
          "--data.synthetic_train_per_class", "8", "--data.synthetic_val_per_class", "4",
          "--model.init_args.knn_k", "10", "--model.init_args.nce_negatives", "16",
          "--model.init_args.queue_size", "64", "--data.num_workers", "0",
+         "--data.local_crop", "0.5", "--trainer.check_val_every_n_epoch", "1",  # 16 px views of 2 x 2 cells here
          "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
          "--trainer.strategy", "ddp", "--trainer.log_every_n_steps", "1",
          "--trainer.callbacks+=tests.helpers.callbacks.DumpBank", f"--trainer.callbacks.out_dir={dump}"],
         cwd=tmp_path,
     )
     rank0, rank1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    assert "memory" in rank0 and rank0["memory"].shape[0] == 9 * rank0["bank"].shape[0]  # a row per part
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert (rank0["labels"] >= 0).all()
