@@ -27,6 +27,13 @@ FITS = {
          "--model.init_args.pooling", "gap", "--model.init_args.loss_pooling", "null",
          "--data.local_crop", "null", "--data.local_crop_grid", "0"],
     ),
+    "memory bank, patches": (  # NPID as its synthetic config trains it: a memory row per part, backbone kNN
+        "contrastive/npid_synthetic.yaml",
+        ["--data.image_size", "32", "--data.batch_size", "16", "--data.synthetic_train_per_class", "8",
+         "--data.synthetic_val_per_class", "4", "--model.init_args.knn_k", "10",
+         "--model.init_args.nce_negatives", "16", "--data.num_workers", "0", "--trainer.check_val_every_n_epoch", "1",
+         "--data.local_crop", "0.5"],  # 16 px views of 2 x 2 cells here
+    ),
     "retrieval": (
         "retrieval/ms_synthetic.yaml",
         ["--data.synthetic_classes", "24", "--data.synthetic_images_per_class", "20", "--data.image_size", "32",
