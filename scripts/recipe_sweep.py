@@ -20,6 +20,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from fam_lightning.backbones import build_backbone
 from fam_lightning.datamodules import FewShotDataModule, RetrievalDataModule
@@ -53,15 +54,11 @@ def _trainer(max_epochs: int) -> L.Trainer:
 
 def _train_recall(model: RetrievalModel, datamodule: RetrievalDataModule) -> float:
     """Recall@1 (%) of every training-class image against the others, un-augmented."""
-    train = datamodule._split("train").dataset
+    loader = DataLoader(datamodule._split("train").dataset, batch_size=64)  # no flips or crops
     model.eval()
-    embeddings, labels = [], []
     with torch.no_grad():
-        for start in range(0, len(train), 64):
-            items = [train[i] for i in range(start, min(start + 64, len(train)))]
-            embeddings.append(F.normalize(model(torch.stack([item["image"] for item in items])), dim=1))
-            labels.append(torch.tensor([int(item["label"]) for item in items]))
-    e, y = torch.cat(embeddings), torch.cat(labels)
+        batches = [(F.normalize(model(batch["image"]), dim=1), batch["label"]) for batch in loader]
+    e, y = (torch.cat(parts) for parts in zip(*batches))
     similarity = (e @ e.T).fill_diagonal_(-2.0)
     return float((y[similarity.argmax(1)] == y).float().mean() * 100)
 

@@ -21,11 +21,8 @@ class ContrastiveObjectives:
     """NPID's and MoCo's losses on one training batch, with their bank / queue / key-encoder updates."""
 
     def _npid_step(self, batch: dict[str, Any]) -> Tensor:
-        memory = self.bank if self.memory is None else self.memory  # apart from the kNN bank with refresh_bank
-        if self.memory is None:
-            z = self(batch["image"]).float()  # (B, D), unit rows
-        else:
-            z = self._loss_embedding(self.forward_features(batch["image"]), self._head())
+        memory = self._npid_memory()
+        z = self._loss_embedding(self.forward_features(batch["image"]), self._head())  # (B, D), unit rows
         index = batch.get("instance", batch["index"])  # the memory row: the image, or one part of it
         count, negatives = memory.size, self.hparams.nce_negatives
         noise = torch.randint(0, count, (z.shape[0], negatives), device=z.device)
@@ -48,6 +45,10 @@ class ContrastiveObjectives:
         loss = -(positive + negative).mean()
         memory.update(gather_from_all_ranks(index), gather_from_all_ranks(z.detach()))
         return loss
+
+    def _npid_memory(self) -> Any:
+        """The memory NPID's loss reads and writes: the kNN bank, or the separate one with ``refresh_bank``."""
+        return self.bank if self.memory is None else self.memory
 
     def _head(self) -> Any:
         """The loss's head: the protocol's projection, or the separate one when the kNN reads the backbone."""

@@ -222,7 +222,7 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
             batch = self.trainer.train_dataloader.batch_size
             if batch is not None:
                 self.queue.check_batch(batch * self.trainer.world_size)
-        memory = self.memory if self.memory is not None else self.bank
+        memory = self._npid_memory()
         if self.hparams.method == "npid" and self.hparams.nce_negatives >= memory.size:
             raise ValueError(
                 f"nce_negatives={self.hparams.nce_negatives} must be smaller than the memory bank "
