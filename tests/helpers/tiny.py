@@ -14,25 +14,23 @@ from lightning.pytorch.callbacks import Callback
 
 from tests.helpers.cli import TINY_DATA_ARGS
 
+# the memory-bank fits' shared tiny arguments: 4 classes x 8 training images at 32 px, one validation an epoch
+_BANK_TINY = ["--data.image_size", "32", "--data.batch_size", "16", "--data.synthetic_train_per_class", "8",
+              "--data.synthetic_val_per_class", "4", "--model.init_args.knn_k", "10",
+              "--model.init_args.nce_negatives", "16", "--data.num_workers", "0",
+              "--trainer.check_val_every_n_epoch", "1"]
+
 # family -> (config under configs/, tiny arguments): the one-epoch CLI fits behind ``trained_checkpoint``
 FITS = {
     "few-shot": ("quickstart.yaml", [*TINY_DATA_ARGS]),
-    "memory bank": (
+    "memory bank": (  # NPID as published (whole-image views, the kNN on the head's memory)
         "contrastive/npid_synthetic.yaml",
-        ["--data.image_size", "32", "--data.batch_size", "16", "--data.synthetic_train_per_class", "8",
-         "--data.synthetic_val_per_class", "4", "--model.init_args.knn_k", "10",
-         "--model.init_args.nce_negatives", "16", "--data.num_workers", "0", "--trainer.check_val_every_n_epoch", "1",
-         # NPID as published (whole-image views, the kNN on the head's memory), not the config's patch instances
-         "--model.init_args.refresh_bank", "false", "--model.init_args.knn_embedding", "head",
+        [*_BANK_TINY, "--model.init_args.refresh_bank", "false", "--model.init_args.knn_embedding", "head",
          "--model.init_args.pooling", "gap", "--model.init_args.loss_pooling", "null",
          "--data.local_crop", "null", "--data.local_crop_grid", "0"],
     ),
     "memory bank, patches": (  # NPID as its synthetic config trains it: a memory row per part, backbone kNN
-        "contrastive/npid_synthetic.yaml",
-        ["--data.image_size", "32", "--data.batch_size", "16", "--data.synthetic_train_per_class", "8",
-         "--data.synthetic_val_per_class", "4", "--model.init_args.knn_k", "10",
-         "--model.init_args.nce_negatives", "16", "--data.num_workers", "0", "--trainer.check_val_every_n_epoch", "1",
-         "--data.local_crop", "0.5"],  # 16 px views of 2 x 2 cells here
+        "contrastive/npid_synthetic.yaml", [*_BANK_TINY, "--data.local_crop", "0.5"],  # 16 px views, 2 x 2 cells
     ),
     "retrieval": (
         "retrieval/ms_synthetic.yaml",
