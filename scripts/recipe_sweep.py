@@ -32,9 +32,9 @@ class ProductFeatures(nn.Module):
     bilinear layer): each output channel is a product of two feature mixtures at one place, so it can code
     a conjunction (this colour and this shape at the same position) that pooling then keeps."""
 
-    def __init__(self, backbone: str, width: int) -> None:
+    def __init__(self, backbone: str, width: int, backbone_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.inner = build_backbone(backbone, slope=0.1)
+        self.inner = build_backbone(backbone, backbone_kwargs=backbone_kwargs, slope=0.1)
         self.u = nn.Conv2d(self.inner.out_channels, width, 1)
         self.v = nn.Conv2d(self.inner.out_channels, width, 1)
         self.out_channels = width
@@ -45,6 +45,11 @@ class ProductFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)
+
+
+def _width(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The backbone's ``channels`` (Conv4 / Conv64F width), or None for the published 64."""
+    return {"channels": args.width} if args.width else None
 
 
 def _trainer(max_epochs: int) -> L.Trainer:
@@ -70,9 +75,10 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
         synthetic_classes=args.classes, synthetic_distractors=args.distractors,
     )
     epochs = max(1, args.steps // 100)
-    backbone = ProductFeatures(args.backbone, args.product) if args.product else args.backbone
+    backbone = ProductFeatures(args.backbone, args.product, _width(args)) if args.product else args.backbone
     model = RetrievalModel(backbone=backbone, embedding_dim=args.embedding_dim, pooling=args.pooling, loss=args.loss,
-                           lr=args.lr, weight_decay=args.weight_decay, max_epochs_hint=epochs)
+                           lr=args.lr, weight_decay=args.weight_decay, max_epochs_hint=epochs,
+                           backbone_kwargs=None if args.product else _width(args))
     trainer = _trainer(epochs)
     start = time.perf_counter()
     trainer.fit(model, datamodule)
@@ -89,7 +95,8 @@ def run_fewshot(args: argparse.Namespace) -> dict[str, Any]:
         val_episodes=args.val_episodes, synthetic_classes=args.classes, synthetic_distractors=args.distractors,
     )
     model = FewShotClassifier(backbone=args.backbone, pooling=args.pooling, similarity="cosine", multitask=True,
-                              optimizer="adam", lr=args.lr, weight_decay=args.weight_decay, scheduler="cosine")
+                              optimizer="adam", lr=args.lr, weight_decay=args.weight_decay, scheduler="cosine",
+                              backbone_kwargs=_width(args))
     trainer = _trainer(args.epochs)
     start = time.perf_counter()
     trainer.fit(model, datamodule)
@@ -128,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for sub in (retrieval, fewshot):
         sub.add_argument("--classes", type=int, default=64, help="synthetic classes (half train, CUB split)")
         sub.add_argument("--weight-decay", type=float, default=5e-4)
+        sub.add_argument("--width", type=int, default=0, help="Conv4 / Conv64F channels (0: the published 64)")
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--data-dir", default="data")
     return parser.parse_args(argv)

@@ -54,6 +54,11 @@ class ConvNet(nn.Module):
 
 
 @register_backbone
-def conv4(**kwargs: object) -> ConvNet:
-    """ProtoNet Conv4: 4 x (conv-BN-LeakyReLU-pool), 64 channels; 84 px -> 5 x 5."""
-    return ConvNet(channels=64, depth=4, pooled_blocks=4, **kwargs)
+def conv4(channels: int = 64, **kwargs: object) -> ConvNet:
+    """ProtoNet Conv4: 4 x (conv-BN-LeakyReLU-pool), 64 channels; 84 px -> 5 x 5.
+
+    Args:
+        channels: the width of every block (64 as published; ``backbone_kwargs: {channels: 128}`` widens it).
+        **kwargs: forwarded to :class:`ConvNet` (``in_channels``, ``slope``).
+    """
+    return ConvNet(channels=channels, depth=4, pooled_blocks=4, **kwargs)

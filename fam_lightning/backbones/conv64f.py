@@ -13,10 +13,11 @@ from fam_lightning.backbones.registry import register_backbone
 
 
 @register_backbone
-def conv64f(**kwargs: object) -> ConvNet:
+def conv64f(channels: int = 64, **kwargs: object) -> ConvNet:
     """Conv64F: 4 x (conv-BN-LeakyReLU), pool after the first two; 84 px -> (64, 21, 21).
 
     Args:
+        channels: the width of every block (64 as published; ``backbone_kwargs: {channels: 128}`` widens it).
         **kwargs: forwarded to :class:`ConvNet` (``in_channels``, ``slope``).
     """
-    return ConvNet(channels=64, depth=4, pooled_blocks=2, **kwargs)
+    return ConvNet(channels=channels, depth=4, pooled_blocks=2, **kwargs)

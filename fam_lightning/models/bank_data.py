@@ -59,6 +59,9 @@ class BankData:
         if instances > 1 and not (self.hparams.method == "npid" and self.hparams.refresh_bank):
             raise ValueError(f"the data gives {instances} instances per image (local_crop_grid), which only NPID "
                              "with refresh_bank=True uses (a memory row each); set local_crop_grid to 0")
+        if instances > 1 and getattr(self, "memory_imported", False):
+            raise ValueError(f"the data gives {instances} instances per image (local_crop_grid), but the imported "
+                             f"NPID memory has one row per image; set local_crop_grid to 0 to train on from it")
         if self.hparams.instances_per_image is None:
             self.hparams["instances_per_image"] = instances
             if self.memory is not None and self.memory.size != self.bank.size * instances:

@@ -165,6 +165,7 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
         self.val_nonfinite = NonFiniteCount()  # kNN scores with inf / NaN: no vote is counted as a prediction
         self._index: KNNIndex | None = None
         self.bank_filled = True  # False: the bank is computed over the training set before evaluating
+        self.memory_imported = False  # True: ``memory`` holds an imported file's rows, one per image
         if import_checkpoint is not None:
             import_into(self, import_checkpoint)
 
@@ -175,9 +176,23 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
 
     # -- setup --------------------------------------------------------------------------
     def replace_bank(self, rows: Tensor) -> None:
-        """Use (N, D) ``rows`` as the memory bank (an imported NPID memory); labels come at setup."""
+        """Use (N, D) ``rows``, an imported NPID memory, as the bank; labels come at setup.
+
+        With ``refresh_bank`` the rows are NPID's memory, which the loss reads (``memory``), and the kNN
+        bank is computed from the training images before the first evaluation, so training on from an
+        imported file starts from its memory, not from a random one.
+        """
         self._build_bank(rows.shape[0])
-        self.bank.bank.copy_(rows)
+        if self.memory is None:
+            self.bank.bank.copy_(rows)
+            return
+        if self.memory.size != rows.shape[0]:
+            raise ValueError(f"the imported NPID memory has {rows.shape[0]} rows, one per training image, but "
+                             f"instances_per_image={self.hparams.instances_per_image} asks for "
+                             f"{self.memory.size}; leave instances_per_image unset and local_crop_grid at 0")
+        self.memory.bank.copy_(rows)
+        self.memory_imported = True
+        self.bank_filled = False
 
     def replace_queue(self, keys: Tensor, ptr: int = 0) -> None:
         """Use (K, D) ``keys`` as MoCo's queue (an imported one), next write at row ``ptr``."""
@@ -189,12 +204,14 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["memory_bank_filled"] = self.bank_filled
+        checkpoint["npid_memory_imported"] = self.memory_imported
         if "hyper_parameters" in checkpoint:  # the imported weights are in it: reloading needs no original file
             checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "import_checkpoint": None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.bank_filled = checkpoint.get("memory_bank_filled", True)
+        self.memory_imported = checkpoint.get("npid_memory_imported", False)
         self._raise_bank_size_mismatch()  # now that the file is known (trainer.ckpt_path)
 
     def _build_bank(self, size: int) -> None:

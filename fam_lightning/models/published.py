@@ -27,7 +27,8 @@ def import_into(model: nn.Module, path: str | Path | ImportedModel) -> ImportedM
     named with the option that fixes it). NPID's memory becomes the bank
     (labels come from the datamodule's ``train_labels``); MoCo has none, so the
     model's bank is marked unfilled and computed over the training set before
-    the first evaluation.
+    the first evaluation. An NPID model with ``refresh_bank`` takes the memory as
+    the loss's memory and computes its kNN bank likewise.
     """
     imported = path if isinstance(path, ImportedModel) else read_published_checkpoint(path)
     path = imported.path
@@ -42,7 +43,7 @@ def import_into(model: nn.Module, path: str | Path | ImportedModel) -> ImportedM
             f"the model does not match it: set {' '.join(wrong)}"
         )
     name = f"{imported.source} checkpoint"
-    parts = [(model.backbone, imported.backbone, "backbone"), (model.projection, imported.projection, "head")]
+    parts = [(model.backbone, imported.backbone, "backbone"), (model._head(), imported.projection, "head")]
     if model.key_backbone is not None and imported.key_backbone is not None:
         parts += [(model.key_backbone, imported.key_backbone, "key backbone"),
                   (model.key_projection, imported.key_projection, "key head")]

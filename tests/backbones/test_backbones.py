@@ -118,6 +118,17 @@ def test_unknown_name_lists_the_registered_backbones() -> None:
         assert name in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["conv4", "conv64f"])
+def test_conv_width_is_a_kwarg_of_every_block(name: str) -> None:
+    """``backbone_kwargs: {channels: C}`` widens Conv4 / Conv64F (every block), the map size unchanged."""
+    model = FewShotClassifier(backbone=name, num_classes=4, backbone_kwargs={"channels": 24}).eval()
+    convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [24] * 4 and convs[1].in_channels == 24
+    assert model.backbone.out_channels == 24 and model.global_head.in_features == 24
+    with torch.no_grad():
+        assert model.backbone(torch.randn(2, 3, 84, 84)).shape == (2, 24, *FEATURES_AT_84[name][1:])
+
+
 def test_tiny_wrn_from_kwargs_and_bad_depth() -> None:
     backbone = create_backbone("wrn28_10", depth=10, widen_factor=1).eval()
     assert backbone.out_channels == 64

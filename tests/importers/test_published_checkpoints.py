@@ -144,6 +144,41 @@ def test_validate_cli_reports_knn_top1_and_fam_metrics_of_an_imported_checkpoint
         assert math.isfinite(_printed(metric, out)), metric
 
 
+@pytest.mark.parametrize("knn_embedding", ["head", "backbone"])
+def test_npid_with_a_refreshed_bank_trains_on_from_the_imported_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, knn_embedding: str
+) -> None:
+    """With ``refresh_bank`` the file's memory is what the loss reads (``memory``), not the kNN bank, which
+    is recomputed from the images; the head loads whether it is the protocol's projection or the loss's."""
+    source = source_resnet18("linear", seed=0)
+    torch.manual_seed(1)
+    memory = F.normalize(torch.randn(30, DIM), dim=1)
+    path = tmp_path / "checkpoint.pth.tar"
+    write_lemniscate_checkpoint(path, source, memory, monkeypatch)
+    model = MemoryBankModel(method="npid", backbone="resnet18", import_checkpoint=str(path), refresh_bank=True,
+                            knn_embedding=knn_embedding, pooling="gmp", loss_pooling="gap").eval()
+    assert torch.equal(model.memory.bank, memory) and model.memory_imported
+    assert model.bank.size == 30 and not model.bank_filled  # computed over the training set before evaluating
+    assert model.bank.bank.shape[1] == (DIM if knn_embedding == "head" else 512)
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        loss_rows = model._loss_embedding(model.forward_features(images), model._head())
+    torch.testing.assert_close(loss_rows, embed(source, images), atol=1e-5, rtol=1e-4)
+    model._take_instances(1)
+    assert torch.equal(model.memory.bank, memory)  # whole-image data keeps the imported rows
+    with pytest.raises(ValueError, match="imported NPID memory has one row per image; set local_crop_grid to 0"):
+        model._take_instances(9)
+    checkpoint = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    restored = MemoryBankModel(**{**checkpoint["hyper_parameters"], "bank_size": 30})
+    restored.load_state_dict(checkpoint["state_dict"])
+    restored.on_load_checkpoint(checkpoint)
+    assert torch.equal(restored.memory.bank, memory) and restored.memory_imported
+    with pytest.raises(ValueError, match="imported NPID memory has 30 rows, one per training image"):
+        MemoryBankModel(method="npid", backbone="resnet18", import_checkpoint=str(path), refresh_bank=True,
+                        instances_per_image=9)
+
+
 def test_a_checkpoint_saved_after_import_reloads_without_the_original_file(tmp_path: Path) -> None:
     path = tmp_path / "moco.pth.tar"
     write_moco_checkpoint(path, source_resnet18("linear", seed=0), None, "module.")
