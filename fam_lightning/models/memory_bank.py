@@ -176,23 +176,9 @@ class MemoryBankModel(BankData, ContrastiveObjectives, SimilarityModule):
 
     # -- setup --------------------------------------------------------------------------
     def replace_bank(self, rows: Tensor) -> None:
-        """Use (N, D) ``rows``, an imported NPID memory, as the bank; labels come at setup.
-
-        With ``refresh_bank`` the rows are NPID's memory, which the loss reads (``memory``), and the kNN
-        bank is computed from the training images before the first evaluation, so training on from an
-        imported file starts from its memory, not from a random one.
-        """
+        """Use (N, D) ``rows`` as the memory bank (an imported NPID memory); labels come at setup."""
         self._build_bank(rows.shape[0])
-        if self.memory is None:
-            self.bank.bank.copy_(rows)
-            return
-        if self.memory.size != rows.shape[0]:
-            raise ValueError(f"the imported NPID memory has {rows.shape[0]} rows, one per training image, but "
-                             f"instances_per_image={self.hparams.instances_per_image} asks for "
-                             f"{self.memory.size}; leave instances_per_image unset and local_crop_grid at 0")
-        self.memory.bank.copy_(rows)
-        self.memory_imported = True
-        self.bank_filled = False
+        self.bank.bank.copy_(rows)
 
     def replace_queue(self, keys: Tensor, ptr: int = 0) -> None:
         """Use (K, D) ``keys`` as MoCo's queue (an imported one), next write at row ``ptr``."""

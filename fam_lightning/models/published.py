@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from fam_lightning.backbones.weights import load_into
 from fam_lightning.importers import ImportedModel, PublishedCheckpointError, read_published_checkpoint
@@ -55,10 +55,29 @@ def import_into(model: nn.Module, path: str | Path | ImportedModel) -> ImportedM
     if model.queue is not None and imported.queue is not None:
         model.replace_queue(imported.queue, imported.queue_ptr)
     if imported.bank is not None:
-        model.replace_bank(imported.bank)
+        _take_memory(model, imported.bank)
         if imported.extras.get("nce_z", -1.0) > 0:
             model.nce_normalizer.fill_(imported.extras["nce_z"])
     else:
         model.bank_filled = False
     log.info("imported %s %s from %s (epoch %s)", imported.source, imported.arch, path, imported.extras.get("epoch"))
     return imported
+
+
+def _take_memory(model: nn.Module, rows: Tensor) -> None:
+    """An imported NPID memory, (N, D) ``rows``: the kNN bank, or with ``refresh_bank`` the memory the loss reads.
+
+    With ``refresh_bank`` the kNN bank is computed from the training images before the first evaluation, so
+    training on from an imported file starts from its memory, not from a random one.
+    """
+    if not model.hparams.refresh_bank:
+        model.replace_bank(rows)
+        return
+    model._build_bank(rows.shape[0])  # the kNN bank (and, with refresh_bank, the separate memory)
+    if model.memory.size != rows.shape[0]:
+        raise ValueError(f"the imported NPID memory has {rows.shape[0]} rows, one per training image, but "
+                         f"instances_per_image={model.hparams.instances_per_image} asks for "
+                         f"{model.memory.size}; leave instances_per_image unset and local_crop_grid at 0")
+    model.memory.bank.copy_(rows)
+    model.memory_imported = True
+    model.bank_filled = False
