@@ -22,7 +22,8 @@ class BankData:
     """Mixin of :class:`~fam_lightning.models.MemoryBankModel`: the bank's data module, size check, labels.
 
     Expects ``self.bank`` (a :class:`~fam_lightning.memory.MemoryBank` or None), ``self.hparams``,
-    ``self.backbone``, ``self.memory``, ``self._build_bank(size)`` and ``self._build_memory()``.
+    ``self.backbone``, ``self.memory``, ``self.memory_imported``, ``self._build_bank(size)`` and
+    ``self._build_memory()``.
     """
 
     def attach_datamodule(self, datamodule: Any) -> None:
@@ -59,7 +60,7 @@ class BankData:
         if instances > 1 and not (self.hparams.method == "npid" and self.hparams.refresh_bank):
             raise ValueError(f"the data gives {instances} instances per image (local_crop_grid), which only NPID "
                              "with refresh_bank=True uses (a memory row each); set local_crop_grid to 0")
-        if instances > 1 and getattr(self, "memory_imported", False):
+        if instances > 1 and self.memory_imported:
             raise ValueError(f"the data gives {instances} instances per image (local_crop_grid), but the imported "
                              f"NPID memory has one row per image; set local_crop_grid to 0 to train on from it")
         if self.hparams.instances_per_image is None:

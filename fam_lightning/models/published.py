@@ -55,7 +55,7 @@ def import_into(model: nn.Module, path: str | Path | ImportedModel) -> ImportedM
     if model.queue is not None and imported.queue is not None:
         model.replace_queue(imported.queue, imported.queue_ptr)
     if imported.bank is not None:
-        _take_memory(model, imported.bank)
+        _take_memory(model, imported.bank, path)
         if imported.extras.get("nce_z", -1.0) > 0:
             model.nce_normalizer.fill_(imported.extras["nce_z"])
     else:
@@ -64,7 +64,7 @@ def import_into(model: nn.Module, path: str | Path | ImportedModel) -> ImportedM
     return imported
 
 
-def _take_memory(model: nn.Module, rows: Tensor) -> None:
+def _take_memory(model: nn.Module, rows: Tensor, path: str | Path) -> None:
     """An imported NPID memory, (N, D) ``rows``: the kNN bank, or with ``refresh_bank`` the memory the loss reads.
 
     With ``refresh_bank`` the kNN bank is computed from the training images before the first evaluation, so
@@ -75,9 +75,11 @@ def _take_memory(model: nn.Module, rows: Tensor) -> None:
         return
     model._build_bank(rows.shape[0])  # the kNN bank (and, with refresh_bank, the separate memory)
     if model.memory.size != rows.shape[0]:
-        raise ValueError(f"the imported NPID memory has {rows.shape[0]} rows, one per training image, but "
-                         f"instances_per_image={model.hparams.instances_per_image} asks for "
-                         f"{model.memory.size}; leave instances_per_image unset and local_crop_grid at 0")
+        raise PublishedCheckpointError(
+            f"{path}: the imported NPID memory has {rows.shape[0]} rows, one per training image, but "
+            f"instances_per_image={model.hparams.instances_per_image} asks for {model.memory.size}; leave "
+            "instances_per_image unset and local_crop_grid at 0"
+        )
     model.memory.bank.copy_(rows)
     model.memory_imported = True
     model.bank_filled = False

@@ -174,7 +174,8 @@ def test_npid_with_a_refreshed_bank_trains_on_from_the_imported_memory(
     restored.load_state_dict(checkpoint["state_dict"])
     restored.on_load_checkpoint(checkpoint)
     assert torch.equal(restored.memory.bank, memory) and restored.memory_imported
-    with pytest.raises(ValueError, match="imported NPID memory has 30 rows, one per training image"):
+    with pytest.raises(PublishedCheckpointError, match="checkpoint.pth.tar: the imported NPID memory has 30 rows, "
+                       "one per training image"):
         MemoryBankModel(method="npid", backbone="resnet18", import_checkpoint=str(path), refresh_bank=True,
                         instances_per_image=9)
 
